@@ -1,0 +1,202 @@
+//! The command line: `serve`, `replay`, `validate`, `schema`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat, Problem};
+use crate::decode::Format;
+
+#[derive(Parser, Debug)]
+#[command(name = "kcaudit", version, about = "Audit trail for Keycloak token-exchange events", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command that runs the pipeline.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration file (every option has a default; see deploy/kcaudit.example.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override any key: --set webhook.listen=0.0.0.0:8787 (dotted path, repeatable; values parse as TOML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the webhook listener and deliver events to the configured sinks until SIGINT/SIGTERM.
+    Serve(ConfigArgs),
+    /// Run recorded files through the pipeline and print normalised events as JSON lines.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Input format (default: detect per record): auto, keycloak, p2inc, keycloak-kafka, jboss-logging, recording.
+        #[arg(long, short = 'f', default_value = "auto", value_parser = parse_format)]
+        format: Format,
+        /// Write events here instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Write a JSON summary: counts per input and every rejected, duplicate, skipped and warned record.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Exit with status 2 when any record was rejected.
+        #[arg(long)]
+        fail_on_reject: bool,
+        /// No progress bar even on a terminal.
+        #[arg(long)]
+        quiet: bool,
+        /// Input files; `-` for standard input; `.gz` is read transparently.
+        #[arg(required = true, value_name = "FILE")]
+        inputs: Vec<String>,
+    },
+    /// Check a configuration and explain every problem.
+    Validate(ConfigArgs),
+    /// Print a JSON Schema: `event` (the canonical audit event), `config`, or `dead-letter`.
+    Schema {
+        #[arg(value_parser = ["event", "config", "dead-letter"])]
+        which: String,
+    },
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s)
+}
+
+/// Entry point used by the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Schema { which } => {
+            println!("{}", crate::schema::render(&which));
+            ExitCode::SUCCESS
+        }
+        Command::Validate(args) => validate(&args),
+        Command::Serve(args) => with_config(&args, |c| runtime()?.block_on(serve(c))),
+        Command::Replay { config, format, out, report, fail_on_reject, quiet, inputs } => with_config(&config, |c| {
+            let req = crate::sources::replay::ReplayRequest { inputs, format, out, progress: !quiet };
+            let rep = runtime()?.block_on(crate::sources::replay::run(&c, &req))?;
+            if let Some(path) = report {
+                let text = serde_json::to_string_pretty(&rep)?;
+                std::fs::write(&path, text + "\n").map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
+            }
+            let t = rep.totals;
+            tracing::info!(
+                received = t.received, accepted = t.accepted, duplicates = t.duplicates, rejected = t.rejected, skipped = t.skipped, warned = t.warned,
+                "Replay finished."
+            );
+            eprintln!(
+                "kcaudit replay: {} records: {} accepted ({} with warnings), {} duplicates, {} rejected, {} skipped{}",
+                t.received,
+                t.accepted,
+                t.warned,
+                t.duplicates,
+                t.rejected,
+                t.skipped,
+                if t.rejected > 0 { format!("; rejected records are in {}", rep.dead_letter_file) } else { String::new() }
+            );
+            if fail_on_reject && t.rejected > 0 {
+                return Ok(ExitCode::from(2));
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn with_config(args: &ConfigArgs, f: impl FnOnce(Config) -> anyhow::Result<ExitCode>) -> ExitCode {
+    let (config, warnings) = match Config::load_checked(args.config.as_deref(), &args.set) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kcaudit: configuration error:\n{e}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    init_logging(&config);
+    for w in warnings {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
+    match f(config) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "kcaudit failed.");
+            eprintln!("kcaudit: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(args: &ConfigArgs) -> ExitCode {
+    let source = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+    let problems: Vec<Problem> = match Config::load(args.config.as_deref(), &args.set) {
+        Ok(c) => c.problems(),
+        Err(crate::config::ConfigError::Invalid(p)) => p,
+        Err(e) => {
+            eprintln!("{source}: error: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    for p in &problems {
+        eprintln!("{source}: {p}");
+    }
+    let errors = problems.iter().filter(|p| p.is_error).count();
+    if errors > 0 {
+        eprintln!("{source}: {errors} error(s); kcaudit would not start with this configuration");
+        ExitCode::from(78)
+    } else {
+        println!("{source}: OK ({} warning(s))", problems.len());
+        ExitCode::SUCCESS
+    }
+}
+
+fn init_logging(c: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&c.log.level));
+    let json = match c.log.format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let running = crate::server::start(&config).await?;
+    tracing::info!(
+        listen = %running.addr,
+        audit_log = %config.data_path(&config.sinks.audit_log.path).display(),
+        dead_letters = %config.data_path(&config.dead_letter.path).display(),
+        "kcaudit is listening: POST Keycloak events to http://{}/v1/events", running.addr
+    );
+    running.wait(shutdown_signal(), Duration::from_secs(config.webhook.shutdown_grace_secs)).await?;
+    tracing::info!("kcaudit stopped; every accepted event was delivered or dead-lettered.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("Shutdown requested; draining in-flight requests.");
+}

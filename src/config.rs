@@ -1,0 +1,281 @@
+//! Configuration: one TOML file, every option defaulted, unknown keys refused.
+//!
+//! `kcaudit serve` runs with no file at all (webhook on 127.0.0.1:8787, audit log and dead letters under
+//! `./kcaudit-data/`). `--config FILE` loads a file; `--set KEY=VALUE` (dotted path, repeatable)
+//! overrides any key after the file is read, and values parse as TOML (`--set dedup.enabled=false`,
+//! `--set webhook.listen=0.0.0.0:8787`), falling back to a plain string. Secrets are read from
+//! environment variables or files (`secret_env`, `secret_file`), never required inline. The annotated
+//! reference is `deploy/kcaudit.example.toml`; `kcaudit schema config` prints the JSON Schema.
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::DecodeOptions;
+use crate::pipeline::{DedupOptions, PipelineOptions};
+use crate::sinks::file::AuditLogOptions;
+use crate::sinks::{BatchOptions, RetryOptions};
+use crate::sources::webhook::config::WebhookOptions;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the audit log and the dead-letter store (relative paths below resolve here).
+    pub data_dir: PathBuf,
+    pub log: LogOptions,
+    pub webhook: WebhookOptions,
+    pub decode: DecodeOptions,
+    pub dedup: DedupOptions,
+    pub pipeline: PipelineOptions,
+    pub dead_letter: DeadLetterOptions,
+    pub sinks: SinksOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("kcaudit-data"),
+            log: LogOptions::default(),
+            webhook: WebhookOptions::default(),
+            decode: DecodeOptions::default(),
+            dedup: DedupOptions::default(),
+            pipeline: PipelineOptions::default(),
+            dead_letter: DeadLetterOptions::default(),
+            sinks: SinksOptions::default(),
+        }
+    }
+}
+
+/// `[log]`: kcaudit's own diagnostics (on stderr).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogOptions {
+    /// `auto` (human-readable on a terminal, JSON otherwise), `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `kcaudit=debug,tower_http=info`, ... (`RUST_LOG` overrides).
+    pub level: String,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions { format: LogFormat::Auto, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Auto,
+    Human,
+    Json,
+}
+
+/// `[dead_letter]`: the dead-letter store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterOptions {
+    /// JSON-lines file; relative paths are under `data_dir`.
+    pub path: PathBuf,
+}
+
+impl Default for DeadLetterOptions {
+    fn default() -> Self {
+        DeadLetterOptions { path: PathBuf::from("dead-letter.jsonl") }
+    }
+}
+
+/// `[sinks]`: where events go.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksOptions {
+    pub audit_log: AuditLogOptions,
+    pub stdout: StdoutOptions,
+}
+
+/// `[sinks.stdout]`: events as JSON lines on standard output.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StdoutOptions {
+    pub enabled: bool,
+    pub batch: BatchOptions,
+    pub retry: RetryOptions,
+}
+
+/// A configuration problem found by loading or by `kcaudit validate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key it concerns (empty for the file as a whole).
+    pub key: String,
+    pub message: String,
+    /// Warnings do not stop kcaudit; errors do.
+    pub is_error: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let level = if self.is_error { "error" } else { "warning" };
+        if self.key.is_empty() {
+            write!(f, "{level}: {}", self.message)
+        } else {
+            write!(f, "{level}: {}: {}", self.key, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid --set {arg:?}: {message}")]
+    Set { arg: String, message: String },
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl Config {
+    /// Load defaults, then the file (if any), then each `--set`; refuse unknown keys and bad values.
+    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        for arg in sets {
+            apply_set(&mut table, arg)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let key = if key == "." { String::new() } else { key };
+            ConfigError::Invalid(vec![Problem { key, message, is_error: true }])
+        })?;
+        Ok(config)
+    }
+
+    /// Semantic checks beyond types: addresses, time zones, secrets, unsafe combinations.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        if let Err(e) = self.decode.time_zone() {
+            p.push(Problem { key: "decode.log_time_zone".into(), message: e, is_error: true });
+        }
+        for (key, v) in [
+            ("decode.max_details", self.decode.max_details),
+            ("decode.max_field_bytes", self.decode.max_field_bytes),
+            ("decode.max_record_bytes", self.decode.max_record_bytes),
+            ("webhook.max_body_bytes", self.webhook.max_body_bytes),
+            ("dedup.max_entries", self.dedup.max_entries),
+        ] {
+            if v == 0 {
+                p.push(Problem { key: key.into(), message: "must be greater than 0".into(), is_error: true });
+            }
+        }
+        if self.data_dir.is_file() {
+            p.push(Problem { key: "data_dir".into(), message: format!("{} is a file, not a directory", self.data_dir.display()), is_error: true });
+        }
+        if !self.sinks.audit_log.enabled && !self.sinks.stdout.enabled {
+            p.push(Problem {
+                key: "sinks".into(),
+                message: "no sink is enabled: `kcaudit serve` would accept events and keep them nowhere".into(),
+                is_error: true,
+            });
+        }
+        p.extend(self.webhook.problems());
+        p
+    }
+
+    /// `path` resolved against `data_dir` when relative.
+    pub fn data_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.data_dir.join(path)
+        }
+    }
+
+    /// Load and fail on any error-level problem (warnings are returned for logging).
+    pub fn load_checked(file: Option<&Path>, sets: &[String]) -> Result<(Config, Vec<Problem>), ConfigError> {
+        let c = Config::load(file, sets)?;
+        let problems = c.problems();
+        if problems.iter().any(|p| p.is_error) {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok((c, problems))
+    }
+}
+
+/// Apply one `KEY=VALUE` override to the raw table.
+fn apply_set(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
+    let err = |message: &str| ConfigError::Set { arg: arg.to_string(), message: message.to_string() };
+    let (key, raw) = arg.split_once('=').ok_or_else(|| err("expected KEY=VALUE"))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(err("the key must be a dotted path such as webhook.listen"));
+    }
+    // Parse as a TOML value when possible (numbers, booleans, arrays, quoted strings); else a string.
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for (i, part) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            cur.insert(part.to_string(), value);
+            return Ok(());
+        }
+        let next = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = next.as_table_mut().ok_or_else(|| err(&format!("{} is not a table", parts[..=i].join("."))))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_with_no_file() {
+        let (c, problems) = Config::load_checked(None, &[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(problems.iter().all(|p| !p.is_error), "{problems:?}");
+        assert_eq!(c.webhook.listen, "127.0.0.1:8787");
+        assert_eq!(c.data_path(&c.sinks.audit_log.path), PathBuf::from("kcaudit-data/audit.jsonl"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[webhook]\nlisten = \"127.0.0.1:1\"\nmax_body_byte = 5\n").unwrap();
+        let e = Config::load(Some(&f), &[]).unwrap_err().to_string();
+        assert!(e.contains("webhook.max_body_byte"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+        let e = Config::load(None, &["dedup.windw_secs=5".into()]).unwrap_err().to_string();
+        assert!(e.contains("dedup.windw_secs"), "{e}");
+    }
+
+    #[test]
+    fn set_parses_toml_values_and_strings() {
+        let c = Config::load(None, &["dedup.enabled=false".into(), "dedup.window_secs=60".into(), "webhook.listen=0.0.0.0:9000".into()]).unwrap();
+        assert!(!c.dedup.enabled);
+        assert_eq!(c.dedup.window_secs, 60);
+        assert_eq!(c.webhook.listen, "0.0.0.0:9000");
+        let e = Config::load(None, &["dedup.window_secs=soon".into()]).unwrap_err().to_string();
+        assert!(e.contains("dedup.window_secs"), "{e}");
+        assert!(Config::load(None, &["nokey".into()]).is_err());
+    }
+
+    #[test]
+    fn semantic_problems_are_explained() {
+        let c = Config::load(None, &["decode.log_time_zone=Mars/Olympus".into(), "webhook.listen=0.0.0.0:8787".into()]).unwrap();
+        let p = c.problems();
+        assert!(p.iter().any(|p| p.key == "decode.log_time_zone" && p.is_error));
+        assert!(p.iter().any(|p| p.key == "webhook.auth.mode" && p.is_error), "{p:?}");
+    }
+}

@@ -1,0 +1,345 @@
+//! The half-built event every format fills in, and the one place that turns it into an [`AuditEvent`].
+//!
+//! Each format only knows where its fields live; everything that interprets them (outcome, token
+//! exchange facts, V1/V2 inference, IP parsing, caps, derived ids, suspicious-character warnings) lives
+//! here so every format gets exactly the same interpretation.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::DecodeOptions;
+use crate::event::*;
+
+/// Keycloak's token-exchange grant type, as recorded in `details.grant_type`.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// Namespace for derived event ids (UUID v5), so derived ids never collide with Keycloak's v4 ids.
+const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b63_6175_6469_7400_8000_0000_0000_0001);
+
+#[derive(Debug, Default)]
+pub struct Draft {
+    pub kind: Option<EventKind>,
+    pub id: Option<String>,
+    pub time: Option<DateTime<Utc>>,
+    pub time_source: Option<TimeSource>,
+    pub event_type: Option<String>,
+    pub error: Option<String>,
+    pub realm_id: Option<String>,
+    pub realm_name: Option<String>,
+    pub client_id: Option<String>,
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub session_id: Option<String>,
+    pub ip_address: Option<String>,
+    /// Details in arrival order; duplicates already resolved by the format.
+    pub details: Vec<(String, String)>,
+    pub admin: Option<AdminInfo>,
+    pub origin: Origin,
+    pub warnings: Vec<Warning>,
+}
+
+impl Draft {
+    pub fn warn(&mut self, code: &str, message: impl Into<String>) {
+        self.warnings.push(Warning::new(code, message));
+    }
+
+    /// Build the canonical event. Fails only when the record has no event type at all, which means it
+    /// is not a Keycloak event.
+    pub fn finish(mut self, opts: &DecodeOptions) -> Result<AuditEvent, String> {
+        let kind = self.kind.unwrap_or(EventKind::User);
+        let event_type = match (kind, self.event_type.take()) {
+            (_, Some(t)) if !t.is_empty() => t,
+            (EventKind::Admin, _) => {
+                let a = self.admin.get_or_insert_with(Default::default);
+                match (&a.resource_type, &a.operation) {
+                    (Some(r), Some(o)) => format!("{r}-{o}"),
+                    (None, Some(o)) => o.clone(),
+                    _ => return Err("admin event has neither operationType nor resourceType".into()),
+                }
+            }
+            _ => return Err("no event type: the record has no `type` field".into()),
+        };
+
+        // Cap every free-text top-level field; Keycloak itself cuts ids at 254 characters, so anything
+        // much longer did not come from Keycloak unmodified.
+        let max = opts.max_field_bytes;
+        for (name, field) in [
+            ("id", &mut self.id),
+            ("realmId", &mut self.realm_id),
+            ("realmName", &mut self.realm_name),
+            ("clientId", &mut self.client_id),
+            ("userId", &mut self.user_id),
+            ("username", &mut self.username),
+            ("sessionId", &mut self.session_id),
+            ("ipAddress", &mut self.ip_address),
+            ("error", &mut self.error),
+        ] {
+            if let Some(v) = field {
+                if let Some(w) = cap(v, max, name) {
+                    self.warnings.push(w);
+                }
+            }
+        }
+
+        let details = self.cap_details(opts);
+        let error = self.error.filter(|e| !e.is_empty());
+        let outcome = if error.is_some() || event_type.ends_with("_ERROR") {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let ip = self.ip_address.as_deref().and_then(|s| s.trim().parse().ok());
+        if let Some(raw) = &self.ip_address {
+            if ip.is_none() && !raw.is_empty() {
+                self.warnings.push(Warning::new(
+                    "ip_not_an_address",
+                    format!("ipAddress {} is not an IP address; kept as text", super::json::preview(raw, 80)),
+                ));
+            }
+        }
+        let client_id = if kind == EventKind::Admin { None } else { self.client_id.clone() };
+        let token_exchange = token_exchange(&event_type, client_id.as_deref(), &details);
+
+        for (name, v) in [
+            ("clientId", client_id.as_deref()),
+            ("userId", self.user_id.as_deref()),
+            ("username", self.username.as_deref()),
+            ("realmName", self.realm_name.as_deref()),
+        ] {
+            if let Some(v) = v {
+                flag_suspicious_chars(name, v, &mut self.warnings);
+            }
+        }
+        for key in ["requested_subject", "impersonator", "audience", "subject_issuer", "requested_issuer"] {
+            if let Some(v) = details.get(key) {
+                flag_suspicious_chars(key, v, &mut self.warnings);
+            }
+        }
+
+        let (time, time_source) = match self.time {
+            Some(t) => (Some(t), self.time_source.unwrap_or(TimeSource::Event)),
+            None => (None, TimeSource::Missing),
+        };
+        let mut event = AuditEvent {
+            schema_version: SCHEMA_VERSION,
+            id: String::new(),
+            id_derived: false,
+            time,
+            time_source,
+            received_at: None,
+            kind,
+            event_type,
+            outcome,
+            error,
+            realm: Realm { id: self.realm_id, name: self.realm_name },
+            client_id,
+            subject: Subject { id: self.user_id, username: self.username },
+            session_id: self.session_id,
+            ip_address: self.ip_address,
+            ip,
+            token_exchange,
+            details,
+            admin: self.admin,
+            origin: self.origin,
+            warnings: self.warnings,
+        };
+        match self.id.filter(|s| !s.trim().is_empty()) {
+            Some(id) => event.id = id,
+            None => {
+                event.id = derive_id(&event);
+                event.id_derived = true;
+            }
+        }
+        Ok(event)
+    }
+
+    fn cap_details(&mut self, opts: &DecodeOptions) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let total = self.details.len();
+        let mut dropped = 0usize;
+        for (mut k, mut v) in std::mem::take(&mut self.details) {
+            if out.len() >= opts.max_details {
+                dropped += 1;
+                continue;
+            }
+            if let Some(w) = cap(&mut k, opts.max_field_bytes, "detail key") {
+                self.warnings.push(w);
+            }
+            if let Some(w) = cap(&mut v, opts.max_detail_value_bytes, &format!("details.{k}")) {
+                self.warnings.push(w);
+            }
+            out.insert(k, v);
+        }
+        if dropped > 0 {
+            self.warnings.push(Warning::new(
+                "details_truncated",
+                format!("{total} details received; only the first {} were kept", opts.max_details),
+            ));
+        }
+        out
+    }
+}
+
+/// Truncate `v` to at most `max` bytes on a character boundary; returns a warning when it cut.
+pub fn cap(v: &mut String, max: usize, name: &str) -> Option<Warning> {
+    if v.len() <= max {
+        return None;
+    }
+    let original = v.len();
+    let mut end = max;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v.truncate(end);
+    Some(Warning::new("value_truncated", format!("{name} was {original} bytes; cut to {end}")))
+}
+
+/// Warn about characters that render invisibly or reorder text: an analyst reading `admin` on screen
+/// must be told when the bytes say something else. The value itself is kept unchanged.
+fn flag_suspicious_chars(name: &str, v: &str, warnings: &mut Vec<Warning>) {
+    let bidi = v.chars().any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'));
+    let control = v.chars().any(|c| c.is_control());
+    if bidi || control {
+        let what = match (bidi, control) {
+            (true, true) => "bidirectional-override and control characters",
+            (true, false) => "bidirectional-override characters",
+            _ => "control characters",
+        };
+        warnings.push(Warning::new(
+            "suspicious_characters",
+            format!("{name} contains {what} (kept as received): {}", super::json::preview(v, 80)),
+        ));
+    }
+}
+
+fn token_exchange(event_type: &str, exchanger: Option<&str>, d: &BTreeMap<String, String>) -> Option<TokenExchange> {
+    let is_te = event_type == "TOKEN_EXCHANGE"
+        || event_type == "TOKEN_EXCHANGE_ERROR"
+        || d.get("grant_type").map(String::as_str) == Some(TOKEN_EXCHANGE_GRANT);
+    if !is_te {
+        return None;
+    }
+    let get = |k: &str| d.get(k).filter(|v| !v.is_empty()).cloned();
+    let (flavour, flavour_reason) = infer_flavour(event_type, d);
+    Some(TokenExchange {
+        exchanger: exchanger.map(str::to_owned),
+        audiences: d
+            .get("audience")
+            .map(|a| a.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        subject_token_client_id: get("subject_token_client_id"),
+        requested_subject: get("requested_subject"),
+        impersonator: get("impersonator"),
+        requested_token_type: get("requested_token_type"),
+        scope: get("scope"),
+        requested_issuer: get("requested_issuer"),
+        subject_issuer: get("subject_issuer"),
+        actor: get("actor"),
+        flavour,
+        flavour_reason: flavour_reason.to_string(),
+    })
+}
+
+/// V1 versus V2, from the evidence Keycloak leaves (`keycloak-events.md` §2.4, §5.4). Keycloak names no
+/// version, so each answer carries its reason.
+pub fn infer_flavour(event_type: &str, d: &BTreeMap<String, String>) -> (ExchangeFlavour, &'static str) {
+    let has = |k: &str| d.get(k).is_some_and(|v| !v.is_empty());
+    if has("subject_token_client_id") {
+        return (ExchangeFlavour::StandardV2, "details.subject_token_client_id is set only by standard (V2) token exchange");
+    }
+    if has("requested_subject") || has("impersonator") {
+        return (ExchangeFlavour::LegacyV1, "impersonation (requested_subject/impersonator) is handled only by legacy V1 token exchange");
+    }
+    if has("requested_issuer") {
+        return (ExchangeFlavour::LegacyV1, "internal-to-external exchange (requested_issuer) exists only in legacy V1 token exchange");
+    }
+    if d.get("reason").is_some_and(|r| r.contains("standard token exchange")) {
+        return (ExchangeFlavour::StandardV2, "the error reason names standard token exchange");
+    }
+    let success = !event_type.ends_with("_ERROR");
+    if success && event_type == "TOKEN_EXCHANGE" {
+        if has("username") {
+            return (ExchangeFlavour::StandardV2, "a successful exchange with details.username is standard (V2) token exchange");
+        }
+        return (
+            ExchangeFlavour::LegacyV1,
+            "a successful exchange without details.username or subject_token_client_id is legacy V1 token exchange",
+        );
+    }
+    (ExchangeFlavour::Unknown, "no detail distinguishes V1 from V2 (typical of early failures)")
+}
+
+/// A stable id for events whose format has none: UUID v5 over the content, so the same log line
+/// replayed twice gets the same id (and is deduplicated) while different events do not collide.
+fn derive_id(e: &AuditEvent) -> String {
+    let mut s = String::with_capacity(256);
+    let mut push = |k: &str, v: Option<&str>| {
+        s.push_str(k);
+        s.push('=');
+        if let Some(v) = v {
+            s.push_str(&v.len().to_string());
+            s.push(':');
+            s.push_str(v);
+        }
+        s.push('\n');
+    };
+    let time = e.time.map(|t| t.timestamp_millis().to_string());
+    push("kind", Some(if e.kind == EventKind::Admin { "admin" } else { "user" }));
+    push("type", Some(&e.event_type));
+    push("time", time.as_deref());
+    push("log_ts", e.origin.log.as_ref().and_then(|l| l.timestamp.as_deref()));
+    push("realm_id", e.realm.id.as_deref());
+    push("realm_name", e.realm.name.as_deref());
+    push("client", e.client_id.as_deref());
+    push("user", e.subject.id.as_deref());
+    push("session", e.session_id.as_deref());
+    push("ip", e.ip_address.as_deref());
+    push("error", e.error.as_deref());
+    for (k, v) in &e.details {
+        push(k, Some(v));
+    }
+    if let Some(a) = &e.admin {
+        push("op", a.operation.as_deref());
+        push("resource_type", a.resource_type.as_deref());
+        push("resource_path", a.resource_path.as_deref());
+        push("auth_client", a.auth.client_uuid.as_deref());
+        push("auth_user", a.auth.user_id.as_deref());
+        push("representation", a.representation.as_deref());
+    }
+    Uuid::new_v5(&DERIVED_ID_NAMESPACE, s.as_bytes()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn flavour_inference_follows_the_evidence() {
+        let v2 = d(&[("subject_token_client_id", "web-portal"), ("username", "alice")]);
+        assert_eq!(infer_flavour("TOKEN_EXCHANGE", &v2).0, ExchangeFlavour::StandardV2);
+        let v1_imp = d(&[("requested_subject", "ops.admin")]);
+        assert_eq!(infer_flavour("TOKEN_EXCHANGE_ERROR", &v1_imp).0, ExchangeFlavour::LegacyV1);
+        let v1_plain = d(&[("audience", "billing-api")]);
+        assert_eq!(infer_flavour("TOKEN_EXCHANGE", &v1_plain).0, ExchangeFlavour::LegacyV1);
+        let client_auth_failure = d(&[("grant_type", TOKEN_EXCHANGE_GRANT)]);
+        assert_eq!(infer_flavour("TOKEN_EXCHANGE_ERROR", &client_auth_failure).0, ExchangeFlavour::Unknown);
+        let v2_refusal = d(&[("reason", "Standard token exchange is not enabled for the requested client".to_lowercase().as_str())]);
+        assert_eq!(infer_flavour("TOKEN_EXCHANGE_ERROR", &v2_refusal).0, ExchangeFlavour::StandardV2);
+    }
+
+    #[test]
+    fn cap_respects_char_boundaries() {
+        let mut s = "ééééé".to_string(); // 10 bytes
+        let w = cap(&mut s, 5, "x").unwrap();
+        assert_eq!(s, "éé");
+        assert!(w.message.contains("10 bytes"));
+        let mut short = "abc".to_string();
+        assert!(cap(&mut short, 5, "x").is_none());
+    }
+}

@@ -1,0 +1,329 @@
+//! Decoders: every Keycloak wire format in, one [`AuditEvent`] out.
+//!
+//! | file | format |
+//! |---|---|
+//! | `json_event.rs` | Keycloak `EventRepresentation`/`AdminEventRepresentation` (REST API, `ext-event-http`), p2-inc webhook bodies, SnuK87 keycloak-kafka values, vymalo payloads |
+//! | `jboss.rs` + `logline.rs` | jboss-logging listener lines in every envelope seen in the wild (Quarkus, WildFly, Spring Boot, syslog, JSON console) |
+//! | `recording.rs` | recorded webhook deliveries (`method`, `path`, `headers`, `body`) |
+//! | `draft.rs` | the shared interpretation every format goes through |
+//! | `json.rs`, `time.rs` | duplicate-key-aware JSON parsing; event-time normalisation |
+//!
+//! A *record* is one line of a file, one element of a JSON array, or one whole JSON document. Every
+//! record becomes exactly one [`Item`] per event it holds, or one item saying why it was skipped or
+//! rejected: that is what makes `received = accepted + duplicates + rejected + skipped` hold.
+
+pub mod draft;
+pub mod jboss;
+pub mod json;
+pub mod json_event;
+pub mod logline;
+pub mod recording;
+pub mod time;
+
+use std::borrow::Cow;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::event::{AuditEvent, Origin, Warning};
+
+/// Wire formats. `Auto` picks per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// Detect the format of every record.
+    Auto,
+    /// Keycloak `EventRepresentation` / `AdminEventRepresentation` JSON (REST API, `ext-event-http`).
+    Keycloak,
+    /// p2-inc keycloak-events `ext-event-webhook` bodies.
+    P2inc,
+    /// SnuK87 keycloak-kafka record values.
+    KeycloakKafka,
+    /// jboss-logging listener log lines (plain or JSON console).
+    JbossLogging,
+    /// Recorded webhook deliveries, one JSON object per line.
+    Recording,
+}
+
+impl Format {
+    pub const ALL: [Format; 6] =
+        [Format::Auto, Format::Keycloak, Format::P2inc, Format::KeycloakKafka, Format::JbossLogging, Format::Recording];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Keycloak => "keycloak",
+            Format::P2inc => "p2inc",
+            Format::KeycloakKafka => "keycloak-kafka",
+            Format::JbossLogging => "jboss-logging",
+            Format::Recording => "recording",
+        }
+    }
+
+    /// Parse a format name; common aliases accepted.
+    pub fn parse(s: &str) -> Result<Format, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => Format::Auto,
+            "keycloak" | "native" | "rest" | "keycloak-native" | "event-representation" => Format::Keycloak,
+            "p2inc" | "p2-inc" | "p2" | "keycloak-events" => Format::P2inc,
+            "keycloak-kafka" | "kafka" | "snuk87" => Format::KeycloakKafka,
+            "jboss-logging" | "jboss" | "log" | "logs" => Format::JbossLogging,
+            "recording" | "recorded-deliveries" | "deliveries" => Format::Recording,
+            other => {
+                let names: Vec<_> = Format::ALL.iter().map(|f| f.name()).collect();
+                return Err(format!("unknown format {other:?}; expected one of {}", names.join(", ")));
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Limits and settings for decoding (`[decode]` in the config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeOptions {
+    /// Time zone of the Keycloak server's log timestamps (jboss-logging lines print local wall time with
+    /// no offset): an IANA name such as `Europe/Berlin`, or `UTC`.
+    pub log_time_zone: String,
+    /// Most details kept per event; the rest are dropped with a warning.
+    pub max_details: usize,
+    /// Longest detail value kept, in bytes; longer values are cut with a warning.
+    pub max_detail_value_bytes: usize,
+    /// Longest top-level field (ids, names, IP text, detail keys) kept, in bytes.
+    pub max_field_bytes: usize,
+    /// Longest admin-event representation kept, in bytes.
+    pub max_representation_bytes: usize,
+    /// Largest single record (line or array element) decoded at all; larger ones are rejected.
+    pub max_record_bytes: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            log_time_zone: "UTC".into(),
+            max_details: 256,
+            max_detail_value_bytes: 8 * 1024,
+            max_field_bytes: 1024,
+            max_representation_bytes: 64 * 1024,
+            max_record_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl DecodeOptions {
+    pub fn time_zone(&self) -> Result<chrono_tz::Tz, String> {
+        self.log_time_zone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| format!("decode.log_time_zone {:?} is not an IANA time zone name (e.g. UTC, Europe/Berlin)", self.log_time_zone))
+    }
+}
+
+/// What became of one record.
+#[derive(Debug, Clone)]
+pub enum Decoded {
+    Event(Box<AuditEvent>),
+    /// Not an event and not an error: blank lines, start-up log lines, stack traces.
+    Skipped(String),
+    /// Could not be decoded; goes to the dead-letter store with this reason.
+    Rejected(String),
+}
+
+/// One decoded record with its provenance (and the raw bytes when it was rejected, for the
+/// dead-letter store).
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub origin: Origin,
+    pub decoded: Decoded,
+    pub raw: Option<Vec<u8>>,
+}
+
+/// Decodes recorded webhook deliveries. Implemented by the webhook source, so a recorded delivery goes
+/// through exactly the same route resolution, signature check and body decoding as a live request.
+pub trait DeliveryHandler: Send + Sync {
+    fn handle(&self, delivery: &recording::RecordedDelivery, origin: &Origin, ctx: &Context<'_>, out: &mut Vec<Item>);
+}
+
+/// Everything a decoder needs besides the bytes.
+pub struct Context<'a> {
+    pub opts: &'a DecodeOptions,
+    pub tz: chrono_tz::Tz,
+    /// Handler for recorded deliveries (replay); `None` rejects them.
+    pub deliveries: Option<&'a dyn DeliveryHandler>,
+    /// True for log files, where lines that are not events are normal and are skipped; false for
+    /// webhook bodies, where such a line is rejected.
+    pub lines_may_be_noise: bool,
+}
+
+/// Strip a UTF-8 byte-order mark.
+pub fn strip_bom(b: &[u8]) -> &[u8] {
+    b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b)
+}
+
+/// Bytes to text: invalid UTF-8 is replaced (U+FFFD) and reported, never fatal, so one corrupt byte
+/// cannot hide an event.
+pub fn to_text(b: &[u8]) -> (Cow<'_, str>, Option<Warning>) {
+    match String::from_utf8_lossy(b) {
+        Cow::Borrowed(s) => (Cow::Borrowed(s), None),
+        Cow::Owned(s) => {
+            let w = Warning::new("invalid_utf8", "the record contained invalid UTF-8; the bad bytes were replaced with U+FFFD");
+            (Cow::Owned(s), Some(w))
+        }
+    }
+}
+
+/// Decode a whole body (a webhook request body or a recorded delivery's body): one JSON value (object
+/// or array), or NDJSON / log lines.
+pub fn decode_body(bytes: &[u8], format: Format, base: &Origin, ctx: &Context<'_>, out: &mut Vec<Item>) {
+    let bytes = strip_bom(bytes);
+    let (text, utf8_warning) = to_text(bytes);
+    let pre: Vec<Warning> = utf8_warning.into_iter().collect();
+    let trimmed = text.trim_start();
+    if (trimmed.starts_with('{') || trimmed.starts_with('[')) && is_single_json_document(trimmed) {
+        let mut origin = base.clone();
+        origin.line = base.line.or(Some(1 + leading_newlines(&text)));
+        decode_record(trimmed, format, &origin, &pre, ctx, out);
+        return;
+    }
+    let mut index = 0u32;
+    for (n, line) in text.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() && n > 0 && is_last_segment(&text, n) {
+            continue; // the newline that ends the body is not a blank record
+        }
+        let mut origin = base.clone();
+        if base.line.is_none() {
+            origin.line = Some(n as u64 + 1);
+        }
+        let before = out.len();
+        decode_record(line, format, &origin, &pre, ctx, out);
+        for item in &mut out[before..] {
+            if item.origin.index.is_none() {
+                item.origin.index = Some(index);
+            }
+            index += 1;
+        }
+    }
+}
+
+fn leading_newlines(text: &str) -> u64 {
+    let start = text.len() - text.trim_start().len();
+    text[..start].bytes().filter(|&b| b == b'\n').count() as u64
+}
+
+fn is_last_segment(text: &str, n: usize) -> bool {
+    text.split('\n').count() == n + 1
+}
+
+/// True when `text` is exactly one JSON value (plus whitespace). Cheap: nothing is allocated.
+pub fn is_single_json_document(text: &str) -> bool {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::de::IgnoredAny::deserialize(&mut de).is_ok() && de.end().is_ok()
+}
+
+/// Decode one record (a line, or a whole JSON document). `pre` are warnings that apply to everything
+/// decoded from it (e.g. invalid UTF-8 in the line).
+pub fn decode_record(text: &str, format: Format, origin: &Origin, pre: &[Warning], ctx: &Context<'_>, out: &mut Vec<Item>) {
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+    let trimmed = text.trim();
+    let reject = |reason: String, out: &mut Vec<Item>| {
+        out.push(Item { origin: labelled(origin, format), decoded: Decoded::Rejected(reason), raw: Some(text.as_bytes().to_vec()) });
+    };
+    if trimmed.is_empty() {
+        out.push(Item { origin: labelled(origin, format), decoded: Decoded::Skipped("blank line".into()), raw: None });
+        return;
+    }
+    if trimmed.len() > ctx.opts.max_record_bytes {
+        return reject(format!("record is {} bytes, over decode.max_record_bytes ({})", trimmed.len(), ctx.opts.max_record_bytes), out);
+    }
+    let first = trimmed.as_bytes()[0];
+    if first == b'[' {
+        return decode_array(trimmed, format, origin, pre, ctx, out);
+    }
+    if first != b'{' {
+        if format != Format::Auto && format != Format::JbossLogging {
+            return reject(format!("expected a JSON object for format {format}, found text starting {}", json::preview(trimmed, 40)), out);
+        }
+        return jboss::decode_line(text, origin, pre, ctx, out);
+    }
+    let parsed = match json::parse(trimmed) {
+        Ok(p) => p,
+        Err(e) => return reject(e, out),
+    };
+    let Value::Object(obj) = &parsed.value else { unreachable!("starts with '{{'") };
+    if format == Format::Recording || (format == Format::Auto && recording::looks_like_delivery(obj)) {
+        return recording::decode(obj, origin, ctx, out);
+    }
+    if format == Format::JbossLogging || (format == Format::Auto && jboss::is_json_console_record(obj)) {
+        return jboss::decode_line(text, origin, pre, ctx, out);
+    }
+    let detected = if format == Format::Auto { json_event::classify(obj) } else { format };
+    let mut draft = draft::Draft { origin: labelled(origin, detected), ..Default::default() };
+    draft.warnings.extend(pre.iter().cloned());
+    draft.warnings.extend(parsed.warnings);
+    match json_event::decode(obj, draft, ctx.opts) {
+        Ok(ev) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(Box::new(ev)), raw: None }),
+        Err(e) => reject(e, out),
+    }
+}
+
+fn decode_array(text: &str, format: Format, origin: &Origin, pre: &[Warning], ctx: &Context<'_>, out: &mut Vec<Item>) {
+    let elems: Vec<&RawValue> = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            // Fall back to the duplicate-aware parser for the error message (it classifies the error).
+            let reason = json::parse(text).err().unwrap_or_else(|| format!("JSON array could not be read: {e}"));
+            out.push(Item { origin: labelled(origin, format), decoded: Decoded::Rejected(reason), raw: Some(text.as_bytes().to_vec()) });
+            return;
+        }
+    };
+    if elems.is_empty() {
+        out.push(Item { origin: labelled(origin, format), decoded: Decoded::Skipped("empty JSON array".into()), raw: None });
+        return;
+    }
+    let base_ptr = text.as_ptr() as usize;
+    let mut line = origin.line;
+    let mut scanned = 0usize;
+    for (i, raw) in elems.iter().enumerate() {
+        let s = raw.get();
+        let offset = (s.as_ptr() as usize).saturating_sub(base_ptr).min(text.len());
+        if let Some(l) = line.as_mut() {
+            *l += text.as_bytes()[scanned..offset].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        scanned = offset;
+        let mut o = origin.clone();
+        o.line = line;
+        o.index = Some(origin.index.unwrap_or(0) + i as u32);
+        if !s.starts_with('{') {
+            let kind = s.chars().next().map(|c| match c {
+                '[' => "an array",
+                '"' => "a string",
+                'n' => "null",
+                't' | 'f' => "a boolean",
+                _ => "a number",
+            });
+            out.push(Item {
+                origin: labelled(&o, format),
+                decoded: Decoded::Rejected(format!("array element {i} is {}, expected an event object", kind.unwrap_or("empty"))),
+                raw: Some(s.as_bytes().to_vec()),
+            });
+            continue;
+        }
+        decode_record(s, format, &o, pre, ctx, out);
+    }
+}
+
+/// The origin with its `format` set (auto-detected records say what they were detected as).
+pub fn labelled(origin: &Origin, format: Format) -> Origin {
+    let mut o = origin.clone();
+    if o.format.is_empty() || o.format == Format::Auto.name() || format != Format::Auto {
+        o.format = format.name().to_string();
+    }
+    o
+}

@@ -1,0 +1,311 @@
+//! The canonical audit event: the one shape every wire format decodes into.
+//!
+//! Every later stage (dedup, enrichment, detection, every sink) reads this type and nothing else, so a
+//! field is added here once and every format and sink sees it. The JSON Schema committed under
+//! `schemas/audit-event.schema.json` is generated from these types (`kcaudit schema event`) and a test
+//! fails when the committed copy is stale.
+//!
+//! Design rules:
+//! - Values are kept as Keycloak sent them (no trimming, no case folding, control and bidi characters
+//!   kept); interpretation lives in separate typed fields (`ip` beside `ip_address`, `audiences` beside
+//!   the raw `details.audience`).
+//! - Nothing wall-clock-dependent is in a record unless the source is live (`received_at`), so replaying
+//!   the same input twice yields byte-identical output.
+//! - `details` keeps *every* detail Keycloak sent (capped), even those lifted into typed fields: an
+//!   analyst can always see the original evidence.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Version of this record layout; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One normalised Keycloak event (user event or admin event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    /// Layout version of this record (currently 1).
+    pub schema_version: u32,
+    /// Keycloak's event `id` (a UUID minted per emitted event). Where the format carries none
+    /// (jboss-logging lines, pre-26 REST events, some listeners) a stable id derived from the event's
+    /// content is used instead and `id_derived` is true.
+    pub id: String,
+    /// True when `id` was derived from the content because the input had no event id.
+    pub id_derived: bool,
+    /// Event time, UTC, millisecond precision (RFC 3339, e.g. `2026-03-09T07:58:04.120Z`). Null when the
+    /// input carried no usable time (see `time_source` and `warnings`).
+    #[serde(serialize_with = "ser_opt_time")]
+    #[schemars(with = "Option<String>")]
+    pub time: Option<DateTime<Utc>>,
+    /// Where `time` came from.
+    pub time_source: TimeSource,
+    /// When kcaudit received the record (live sources only; absent in replay so output is deterministic).
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_time")]
+    #[schemars(with = "Option<String>")]
+    pub received_at: Option<DateTime<Utc>>,
+    /// User event or admin event.
+    pub kind: EventKind,
+    /// Keycloak event type. User events: the `EventType` name without any listener prefix
+    /// (`TOKEN_EXCHANGE`, `TOKEN_EXCHANGE_ERROR`, `LOGIN`, ...). Admin events: `<RESOURCE_TYPE>-<OPERATION>`
+    /// (e.g. `PROTOCOL_MAPPER-CREATE`), or just the operation when the resource type is unknown.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `success` unless the event carries an error or its type ends with `_ERROR`.
+    pub outcome: Outcome,
+    /// Keycloak's `Errors.*` string (`not_allowed`, `invalid_token`, ...), when the event failed.
+    pub error: Option<String>,
+    /// The realm the event happened in. For admin events this is the *target* realm; the realm of the
+    /// acting administrator is in `admin.auth`.
+    pub realm: Realm,
+    /// The event's `clientId` (a clientId string, never a UUID). For token exchange this is the
+    /// exchanger. Absent for admin events (their client is a UUID, in `admin.auth.client_uuid`).
+    pub client_id: Option<String>,
+    /// The user the event is about (`userId`). For token exchange, the subject of the issued token (for
+    /// V1 impersonation, the impersonated user).
+    pub subject: Subject,
+    /// Keycloak user-session id, when present.
+    pub session_id: Option<String>,
+    /// The caller address exactly as Keycloak recorded it (free text: a proxy header can put anything
+    /// here; Keycloak itself says it "will not be an address when a proxy does not provide a valid one").
+    pub ip_address: Option<String>,
+    /// `ip_address` parsed as an IPv4/IPv6 address; null when it is not one.
+    #[schemars(with = "Option<String>")]
+    pub ip: Option<IpAddr>,
+    /// Token-exchange facts, present for `TOKEN_EXCHANGE`/`TOKEN_EXCHANGE_ERROR` events and for events
+    /// cloned from a token-exchange request (e.g. `REGISTER` with `grant_type` token-exchange).
+    pub token_exchange: Option<TokenExchange>,
+    /// Every detail Keycloak sent, as strings, sorted by key. Capped (see `decode` config): entries beyond
+    /// the cap or values over the size limit are cut and a warning says so.
+    pub details: BTreeMap<String, String>,
+    /// Admin-event facts (present when `kind` is `admin`).
+    pub admin: Option<AdminInfo>,
+    /// Where this record came from.
+    pub origin: Origin,
+    /// Everything odd noticed while decoding this record. An empty list means a clean decode.
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    User,
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeSource {
+    /// The event's own `time` field (epoch milliseconds from Keycloak).
+    Event,
+    /// The log line's timestamp (jboss-logging lines carry no event time), converted to UTC with the
+    /// configured server time zone unless the line had an explicit offset.
+    LogLine,
+    /// No usable time in the input.
+    Missing,
+}
+
+/// Realm identifiers, as the format gave them. Keycloak's REST representation has only the id (a UUID
+/// on current servers, the name on very old ones); listeners may add the name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Realm {
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+/// The user an event is about.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Subject {
+    /// Keycloak user id (`userId`). Keycloak's string `"null"` is mapped to null.
+    pub id: Option<String>,
+    /// Username when the format carries one (V2 `details.username`, p2-inc `authDetails.username`).
+    pub username: Option<String>,
+}
+
+/// Which token-exchange implementation produced the event (`keycloak-events.md` §2.4). Keycloak names
+/// no version in its events; the flavour is inferred and `flavour_reason` says from what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeFlavour {
+    /// Standard token exchange V2 (Keycloak 26.2+, `standard.token.exchange.enabled`).
+    StandardV2,
+    /// Legacy V1 token exchange (preview feature `token-exchange`, FGAP v1 permissions).
+    LegacyV1,
+    /// Not enough evidence either way (typical for early failures such as client authentication).
+    Unknown,
+}
+
+/// Token-exchange facts lifted from the details.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchange {
+    /// The requesting client (`clientId` of the event).
+    pub exchanger: Option<String>,
+    /// `details.audience` split on whitespace (V2 joins several audiences with spaces).
+    pub audiences: Vec<String>,
+    /// The client the subject token was originally issued to (`azp`); V2 only.
+    pub subject_token_client_id: Option<String>,
+    /// V1 impersonation target as sent by the caller (a username or an id; attacker-controlled).
+    pub requested_subject: Option<String>,
+    /// V1 impersonation: the username of the subject-token user. Absent for "naked" impersonation.
+    pub impersonator: Option<String>,
+    /// Requested token type (`urn:ietf:params:oauth:token-type:...`).
+    pub requested_token_type: Option<String>,
+    /// Granted scope.
+    pub scope: Option<String>,
+    /// V1 internal-to-external: the identity-provider alias asked for.
+    pub requested_issuer: Option<String>,
+    /// External-to-internal: the issuer of the external subject token (attacker-controlled).
+    pub subject_issuer: Option<String>,
+    /// Delegation (experimental, Keycloak 26.8): the acting party from `details.actor`.
+    pub actor: Option<String>,
+    /// Inferred implementation.
+    pub flavour: ExchangeFlavour,
+    /// Why `flavour` was chosen, in words.
+    pub flavour_reason: String,
+}
+
+/// Admin-event facts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminInfo {
+    /// `CREATE`, `UPDATE`, `DELETE` or `ACTION`.
+    pub operation: Option<String>,
+    /// Keycloak `ResourceType` (`CLIENT`, `PROTOCOL_MAPPER`, `REALM_ROLE_MAPPING`, ...).
+    pub resource_type: Option<String>,
+    /// Path of the changed resource relative to the realm (`clients/<uuid>/protocol-mappers/...`).
+    pub resource_path: Option<String>,
+    /// Resource id when the listener provides it (keycloak-kafka, p2-inc).
+    pub resource_id: Option<String>,
+    /// The JSON representation of the change, as a string (only when Keycloak was configured to include
+    /// it; capped).
+    pub representation: Option<String>,
+    /// Who acted.
+    pub auth: AdminAuth,
+}
+
+/// The acting administrator of an admin event (`authDetails`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminAuth {
+    /// Realm the administrator authenticated in (id; a name in jboss-logging lines and old servers).
+    pub realm_id: Option<String>,
+    pub realm_name: Option<String>,
+    /// The admin client's internal UUID (Keycloak puts the UUID, not the clientId, in `authDetails`).
+    pub client_uuid: Option<String>,
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub ip_address: Option<String>,
+}
+
+/// Provenance of a record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// The input: a file path as given, `-` for stdin, or `webhook:<path>`.
+    pub input: String,
+    /// The wire format the record was decoded as.
+    pub format: String,
+    /// 1-based line number in the input file, when read from a file.
+    pub line: Option<u64>,
+    /// Request id of the webhook request that carried it (live ingest).
+    pub request_id: Option<String>,
+    /// 0-based position of the record within its request body or recorded delivery.
+    pub index: Option<u32>,
+    /// p2-inc delivery id (`uid`), which is per webhook delivery, not per event.
+    pub delivery_id: Option<String>,
+    /// The log line's envelope, for log inputs.
+    pub log: Option<LogEnvelope>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogEnvelope {
+    /// The timestamp text as printed.
+    pub timestamp: Option<String>,
+    pub level: Option<String>,
+    pub logger: Option<String>,
+    pub thread: Option<String>,
+    pub host: Option<String>,
+}
+
+/// Something odd about a record that did not stop it from being accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Warning {
+    /// Stable machine-readable code (`duplicate_key`, `value_truncated`, `time_in_seconds`, ...).
+    pub code: String,
+    /// One sentence for a human.
+    pub message: String,
+}
+
+impl Warning {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Warning { code: code.to_string(), message: message.into() }
+    }
+}
+
+/// RFC 3339 with exactly three fractional digits and `Z`: sortable, unambiguous, ClickHouse-friendly.
+pub fn format_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn ser_opt_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format_time(t)),
+        None => s.serialize_none(),
+    }
+}
+
+impl AuditEvent {
+    /// True for token-exchange events (success or error).
+    pub fn is_token_exchange(&self) -> bool {
+        self.token_exchange.is_some()
+    }
+
+    /// A fingerprint of what Keycloak said, ignoring how it was delivered (origin, warnings, receive
+    /// time) and what a listener added on top (realm name, username). Two deliveries of the same event
+    /// have the same fingerprint; a different event that reuses an id does not.
+    pub fn content_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // DefaultHasher::new() uses fixed keys: stable within a build, which is all dedup needs.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.kind.hash(&mut h);
+        self.event_type.hash(&mut h);
+        self.time.map(|t| t.timestamp_millis()).hash(&mut h);
+        self.realm.id.hash(&mut h);
+        self.client_id.hash(&mut h);
+        self.subject.id.hash(&mut h);
+        self.session_id.hash(&mut h);
+        self.ip_address.hash(&mut h);
+        self.error.hash(&mut h);
+        self.details.hash(&mut h);
+        if let Some(a) = &self.admin {
+            a.operation.hash(&mut h);
+            a.resource_type.hash(&mut h);
+            a.resource_path.hash(&mut h);
+            a.representation.hash(&mut h);
+            a.auth.client_uuid.hash(&mut h);
+            a.auth.user_id.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// The event as one JSON line (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        // Serialising this type cannot fail: every map key is a string and there are no floats.
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"serialize_error\":{:?}}}", e.to_string()))
+    }
+}

@@ -1,0 +1,32 @@
+//! # kcaudit
+//!
+//! Turns Keycloak events (above all OAuth 2.0 token exchange, RFC 8693) into an audit trail: ingest
+//! from any Keycloak wire format, normalise into one event model, deduplicate, count everything, and
+//! deliver to sinks with end-to-end acknowledgement. Nothing is lost: a record is either delivered,
+//! or in the dead-letter store with its reason.
+//!
+//! ## Layout
+//!
+//! - [`event`]: the canonical [`event::AuditEvent`] every format decodes into (JSON Schema in `schemas/`).
+//! - [`decode`]: one decoder per wire format plus auto-detection; the shared interpretation in
+//!   `decode::draft` (token-exchange facts, V1/V2 inference, caps, derived ids).
+//! - [`sources`]: the HTTP webhook (`sources::webhook`) and file replay (`sources::replay`).
+//! - [`pipeline`]: bounded stages, deduplication, acknowledgements, per-batch reports.
+//! - [`sinks`]: the [`sinks::Sink`] trait and its driver (batching, retry, dead-lettering); the audit
+//!   log file and stdout.
+//! - [`dead_letter`]: the durable store for everything that could not be delivered.
+//! - [`config`]: the TOML configuration (every option defaulted, unknown keys refused).
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`server`]: assembles a running instance; [`cli`]: the `kcaudit` command line; [`schema`]: JSON Schemas.
+
+pub mod cli;
+pub mod config;
+pub mod dead_letter;
+pub mod decode;
+pub mod event;
+pub mod metrics;
+pub mod pipeline;
+pub mod schema;
+pub mod server;
+pub mod sinks;
+pub mod sources;

@@ -1,0 +1,93 @@
+//! Prometheus metrics for the pipeline, served at `/metrics`.
+//!
+//! One registry per pipeline (not a global), so tests can run several pipelines side by side and read
+//! exact counts. Names follow Prometheus conventions (`_total` counters, `_seconds` histograms).
+//! The counting invariant the tests check: `received = accepted + duplicates + rejected + skipped`.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub received: IntCounterVec,
+    pub accepted: IntCounter,
+    pub duplicates: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub skipped: IntCounter,
+    pub warnings: IntCounterVec,
+    pub delivered: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub sink_retries: IntCounterVec,
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let accepted = IntCounter::new("kcaudit_events_accepted_total", "Events decoded and passed on to the sinks.").expect("valid");
+        r.register(Box::new(accepted.clone())).expect("registered once");
+        let skipped = IntCounter::new("kcaudit_records_skipped_total", "Records that are not events (blank lines, non-event log lines).").expect("valid");
+        r.register(Box::new(skipped.clone())).expect("registered once");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("kcaudit_webhook_request_duration_seconds", "Webhook request latency, from body received to response, including sink acknowledgement.")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["route"],
+        )
+        .expect("valid");
+        r.register(Box::new(request_seconds.clone())).expect("registered once");
+        Metrics {
+            received: counter_vec(&r, "kcaudit_records_received_total", "Records received, by source.", &["source"]),
+            accepted,
+            duplicates: counter_vec(&r, "kcaudit_events_duplicate_total", "Events dropped as repeats of an event id; conflict=true when the content differed.", &["conflict"]),
+            rejected: counter_vec(&r, "kcaudit_records_rejected_total", "Records rejected, by reason.", &["reason"]),
+            skipped,
+            warnings: counter_vec(&r, "kcaudit_decode_warnings_total", "Warnings raised while decoding accepted events, by code.", &["code"]),
+            delivered: counter_vec(&r, "kcaudit_events_delivered_total", "Events a sink accepted durably.", &["sink"]),
+            dead_lettered: counter_vec(&r, "kcaudit_dead_letters_total", "Records written to the dead-letter store, by stage and sink.", &["stage", "sink"]),
+            sink_retries: counter_vec(&r, "kcaudit_sink_retries_total", "Batch retries after transient sink failures.", &["sink"]),
+            requests: counter_vec(&r, "kcaudit_webhook_requests_total", "Webhook requests by HTTP status.", &["status"]),
+            request_seconds,
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A short, bounded label for a rejection reason (metric labels must not carry free text).
+pub fn reason_label(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.starts_with("truncated json") {
+        "truncated_json"
+    } else if r.starts_with("invalid json") || r.contains("json array could not") {
+        "invalid_json"
+    } else if r.contains("recursion limit") {
+        "too_deep"
+    } else if r.contains("over decode.max_record_bytes") {
+        "too_large"
+    } else if r.starts_with("authentication failed") {
+        "auth"
+    } else if r.contains("not a keycloak event") || r.contains("no event type") || r.contains("neither json") || r.contains("expected an event object") || r.contains("expected a json object") {
+        "not_an_event"
+    } else {
+        "other"
+    }
+}

@@ -1,0 +1,425 @@
+//! The pipeline: decoded records in; deduplicated events out to every sink; one report per batch back.
+//!
+//! ```text
+//! source ──(decode, in the source's task)──► [bounded queue] ──► dedup + dead-letter rejects ──►
+//!     [bounded queue per sink] ──► sink driver (batch, retry, dead-letter) ──► ack ──► report to source
+//! ```
+//!
+//! Decoding happens in the source's own task (in parallel across webhook requests); the central stage
+//! is sequential so deduplication sees records in arrival order and replays are deterministic. Every
+//! queue is bounded: a slow sink slows the central stage, which fills the input queue, which makes the
+//! webhook answer 503 (`try_submit`) or makes replay wait (`submit`). Nothing is buffered without
+//! limit.
+
+pub mod ack;
+pub mod dedup;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::dead_letter::{DeadLetter, DeadLetterStore, Stage};
+use crate::decode::{Decoded, Item};
+use crate::event::{AuditEvent, Origin, Warning};
+use crate::metrics::{reason_label, Metrics};
+use crate::sinks::{spawn_sink, BatchOptions, RetryOptions, Sink, SinkItem};
+use ack::AckGroup;
+use dedup::{Dedup, Verdict};
+
+/// `[dedup]`: repeat suppression by event id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupOptions {
+    pub enabled: bool,
+    /// Window in event time, seconds: a repeat of an id seen within this span of the newest event is
+    /// dropped. p2-inc retries for up to 15 minutes; Kafka redelivery after a rebalance is seconds.
+    pub window_secs: u64,
+    /// Most ids remembered (memory bound: roughly 100 bytes each).
+    pub max_entries: usize,
+}
+
+impl Default for DedupOptions {
+    fn default() -> Self {
+        DedupOptions { enabled: true, window_secs: 24 * 3600, max_entries: 1_000_000 }
+    }
+}
+
+/// `[pipeline]`: queueing between stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineOptions {
+    /// Batches (webhook requests, replay chunks) queued before the central stage; when full the
+    /// webhook answers 503 with Retry-After.
+    pub queue_batches: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions { queue_batches: 64 }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PipelineError {
+    #[error("the pipeline is overloaded; retry later")]
+    Overloaded,
+    #[error("kcaudit is shutting down")]
+    ShuttingDown,
+    #[error("the dead-letter store could not be written: {0}")]
+    DeadLetterUnavailable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    Accepted,
+    Duplicate,
+    Rejected,
+    Skipped,
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemReport {
+    pub origin: Origin,
+    pub status: ItemStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+    /// For duplicates: the repeat's content differed from the first delivery.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub conflict: bool,
+    /// (sink, reason) for sinks that dead-lettered this accepted event.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dead_lettered: Vec<(String, String)>,
+    /// (sink, reason) for sinks that could neither deliver nor dead-letter it. Non-empty means the
+    /// source must not acknowledge the batch.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<(String, String)>,
+    /// The accepted event (kept only when the source asked for it).
+    #[serde(skip)]
+    pub event: Option<Arc<AuditEvent>>,
+}
+
+impl ItemReport {
+    fn new(origin: Origin, status: ItemStatus) -> Self {
+        ItemReport { origin, status, reason: None, event_id: None, warnings: vec![], conflict: false, dead_lettered: vec![], failed: vec![], event: None }
+    }
+}
+
+/// Counts over a batch. `received = accepted + duplicates + rejected + skipped` always holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub received: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub skipped: u64,
+    /// Accepted events that carry warnings.
+    pub warned: u64,
+    /// Accepted events that at least one sink dead-lettered.
+    pub dead_lettered: u64,
+    /// Accepted events neither delivered nor dead-lettered by some sink (not safe to acknowledge).
+    pub failed: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &Counts) {
+        self.received += o.received;
+        self.accepted += o.accepted;
+        self.duplicates += o.duplicates;
+        self.rejected += o.rejected;
+        self.skipped += o.skipped;
+        self.warned += o.warned;
+        self.dead_lettered += o.dead_lettered;
+        self.failed += o.failed;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BatchReport {
+    pub items: Vec<ItemReport>,
+}
+
+impl BatchReport {
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for i in &self.items {
+            c.received += 1;
+            match i.status {
+                ItemStatus::Accepted => {
+                    c.accepted += 1;
+                    c.warned += u64::from(!i.warnings.is_empty());
+                    c.dead_lettered += u64::from(!i.dead_lettered.is_empty());
+                    c.failed += u64::from(!i.failed.is_empty());
+                }
+                ItemStatus::Duplicate => c.duplicates += 1,
+                ItemStatus::Rejected => c.rejected += 1,
+                ItemStatus::Skipped => c.skipped += 1,
+            }
+        }
+        c
+    }
+}
+
+struct Submission {
+    items: Vec<Item>,
+    source: &'static str,
+    keep_events: bool,
+    reply: oneshot::Sender<Result<BatchReport, PipelineError>>,
+}
+
+/// A cheap, clonable handle sources use to submit batches.
+#[derive(Clone)]
+pub struct PipelineHandle {
+    tx: mpsc::Sender<Submission>,
+    closing: Arc<AtomicBool>,
+    pub metrics: Metrics,
+    pub dead_letters: DeadLetterStore,
+}
+
+impl PipelineHandle {
+    fn submission(&self, items: Vec<Item>, source: &'static str, keep_events: bool) -> (Submission, oneshot::Receiver<Result<BatchReport, PipelineError>>) {
+        let (reply, rx) = oneshot::channel();
+        (Submission { items, source, keep_events, reply }, rx)
+    }
+
+    /// Submit without waiting for queue space: `Overloaded` when the queue is full (the webhook turns
+    /// that into 503 + Retry-After). Resolves when every event is delivered or dead-lettered.
+    pub async fn try_submit(&self, items: Vec<Item>, source: &'static str) -> Result<BatchReport, PipelineError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(PipelineError::ShuttingDown);
+        }
+        let (sub, rx) = self.submission(items, source, false);
+        self.tx.try_send(sub).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PipelineError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => PipelineError::ShuttingDown,
+        })?;
+        rx.await.map_err(|_| PipelineError::ShuttingDown)?
+    }
+
+    /// Submit, waiting for queue space (replay). Returns a future for the report, so a caller can keep
+    /// several batches in flight while preserving order.
+    pub async fn submit(&self, items: Vec<Item>, source: &'static str, keep_events: bool) -> Result<oneshot::Receiver<Result<BatchReport, PipelineError>>, PipelineError> {
+        let (sub, rx) = self.submission(items, source, keep_events);
+        self.tx.send(sub).await.map_err(|_| PipelineError::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    /// Store records that never became pipeline items (e.g. a request that failed authentication).
+    pub async fn dead_letter(&self, records: Vec<DeadLetter>) -> Result<(), PipelineError> {
+        let n: Vec<(Stage, Option<String>)> = records.iter().map(|r| (r.stage, r.sink.clone())).collect();
+        self.dead_letters.append(records).await.map_err(|e| PipelineError::DeadLetterUnavailable(e.to_string()))?;
+        for (stage, sink) in n {
+            self.metrics.dead_lettered.with_label_values(&[stage.name(), sink.as_deref().unwrap_or("")]).inc();
+        }
+        Ok(())
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Stop taking new batches (sources answer 503); batches already queued still complete.
+    pub fn begin_shutdown(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+}
+
+/// A sink with its driver options.
+pub struct SinkSpec {
+    pub sink: Box<dyn Sink>,
+    pub batch: BatchOptions,
+    pub retry: RetryOptions,
+}
+
+/// The running pipeline: the central stage and one driver task per sink.
+pub struct Pipeline {
+    handle: PipelineHandle,
+    central: tokio::task::JoinHandle<()>,
+    sinks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Pipeline {
+    pub fn start(sinks: Vec<SinkSpec>, dead_letters: DeadLetterStore, metrics: Metrics, dedup: &DedupOptions, opts: &PipelineOptions) -> Pipeline {
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for s in sinks {
+            let name = s.sink.name().to_string();
+            let (tx, h) = spawn_sink(s.sink, s.batch, s.retry, dead_letters.clone(), metrics.clone());
+            senders.push((name, tx));
+            handles.push(h);
+        }
+        let (tx, rx) = mpsc::channel(opts.queue_batches.max(1));
+        let central = Central {
+            sinks: senders,
+            dedup: dedup.enabled.then(|| Arc::new(Mutex::new(Dedup::new(dedup.window_secs, dedup.max_entries)))),
+            dead_letters: dead_letters.clone(),
+            metrics: metrics.clone(),
+        };
+        let central = tokio::spawn(central.run(rx));
+        Pipeline { handle: PipelineHandle { tx, closing: Arc::new(AtomicBool::new(false)), metrics, dead_letters }, central, sinks: handles }
+    }
+
+    pub fn handle(&self) -> PipelineHandle {
+        self.handle.clone()
+    }
+
+    /// Finish everything queued, flush and close every sink, then return.
+    pub async fn shutdown(self) {
+        self.handle.begin_shutdown();
+        let Pipeline { handle, central, sinks } = self;
+        drop(handle);
+        // Sources hold handle clones; the central stage ends when all of them are dropped.
+        let _ = central.await;
+        for s in sinks {
+            let _ = s.await;
+        }
+    }
+}
+
+struct Central {
+    sinks: Vec<(String, mpsc::Sender<SinkItem>)>,
+    dedup: Option<Arc<Mutex<Dedup>>>,
+    dead_letters: DeadLetterStore,
+    metrics: Metrics,
+}
+
+impl Central {
+    async fn run(self, mut rx: mpsc::Receiver<Submission>) {
+        while let Some(sub) = rx.recv().await {
+            self.process(sub).await;
+        }
+    }
+
+    fn dedup_verdict(&self, ev: &AuditEvent) -> Verdict {
+        match &self.dedup {
+            Some(d) => d.lock().map(|mut d| d.check(ev)).unwrap_or(Verdict::New),
+            None => Verdict::New,
+        }
+    }
+
+    fn forget(dedup: &Option<Arc<Mutex<Dedup>>>, id: &str) {
+        if let Some(d) = dedup {
+            if let Ok(mut d) = d.lock() {
+                d.forget(id);
+            }
+        }
+    }
+
+    async fn process(&self, sub: Submission) {
+        let m = &self.metrics;
+        let mut reports = Vec::with_capacity(sub.items.len());
+        let mut dead = Vec::new();
+        let mut accepted: Vec<(usize, Arc<AuditEvent>)> = Vec::new();
+        for item in sub.items {
+            m.received.with_label_values(&[sub.source]).inc();
+            match item.decoded {
+                Decoded::Skipped(reason) => {
+                    m.skipped.inc();
+                    let mut r = ItemReport::new(item.origin, ItemStatus::Skipped);
+                    r.reason = Some(reason);
+                    reports.push(r);
+                }
+                Decoded::Rejected(reason) => {
+                    let label = reason_label(&reason);
+                    m.rejected.with_label_values(&[label]).inc();
+                    let stage = if label == "auth" { Stage::Auth } else { Stage::Decode };
+                    let mut d = DeadLetter::new(stage, reason.clone(), item.origin.clone());
+                    if let Some(raw) = &item.raw {
+                        d = d.with_raw(raw);
+                    }
+                    dead.push(d);
+                    let mut r = ItemReport::new(item.origin, ItemStatus::Rejected);
+                    r.reason = Some(reason);
+                    reports.push(r);
+                }
+                Decoded::Event(ev) => {
+                    let verdict = self.dedup_verdict(&ev);
+                    let mut r = ItemReport::new(item.origin, ItemStatus::Accepted);
+                    r.event_id = Some(ev.id.clone());
+                    match verdict {
+                        Verdict::New => {
+                            m.accepted.inc();
+                            for w in &ev.warnings {
+                                m.warnings.with_label_values(&[&w.code]).inc();
+                            }
+                            r.warnings = ev.warnings.clone();
+                            let ev = Arc::new(*ev);
+                            if sub.keep_events {
+                                r.event = Some(ev.clone());
+                            }
+                            accepted.push((reports.len(), ev));
+                        }
+                        Verdict::Duplicate => {
+                            m.duplicates.with_label_values(&["false"]).inc();
+                            r.status = ItemStatus::Duplicate;
+                            r.reason = Some(format!("event id {} already seen within the dedup window", ev.id));
+                        }
+                        Verdict::Conflict => {
+                            m.duplicates.with_label_values(&["true"]).inc();
+                            r.status = ItemStatus::Duplicate;
+                            r.conflict = true;
+                            let reason = format!(
+                                "event id {} was already seen with different content; the first delivery was kept and this one dead-lettered",
+                                ev.id
+                            );
+                            tracing::warn!(event_id = %ev.id, "Event id reused with different content.");
+                            r.reason = Some(reason.clone());
+                            dead.push(DeadLetter::new(Stage::Dedup, reason, r.origin.clone()).with_event(*ev));
+                        }
+                    }
+                    reports.push(r);
+                }
+            }
+        }
+        if !dead.is_empty() {
+            let stages: Vec<Stage> = dead.iter().map(|d| d.stage).collect();
+            if let Err(e) = self.dead_letters.append(dead).await {
+                tracing::error!(error = %e, "Dead-letter store unavailable; batch refused.");
+                for (_, ev) in &accepted {
+                    Self::forget(&self.dedup, &ev.id);
+                }
+                let _ = sub.reply.send(Err(PipelineError::DeadLetterUnavailable(e.to_string())));
+                return;
+            }
+            for s in stages {
+                m.dead_lettered.with_label_values(&[s.name(), ""]).inc();
+            }
+        }
+
+        let positions: Vec<usize> = accepted.iter().map(|(p, _)| *p).collect();
+        let ids: Vec<String> = accepted.iter().map(|(_, e)| e.id.clone()).collect();
+        let dedup = self.dedup.clone();
+        let reply = sub.reply;
+        let group = AckGroup::new(
+            accepted.len(),
+            self.sinks.len(),
+            Box::new(move |fates| {
+                let mut reports = reports;
+                for (k, fate) in fates.into_iter().enumerate() {
+                    if !fate.failed.is_empty() {
+                        Self::forget(&dedup, &ids[k]);
+                    }
+                    if let Some(r) = reports.get_mut(positions[k]) {
+                        r.dead_lettered = fate.dead_lettered;
+                        r.failed = fate.failed;
+                    }
+                }
+                let _ = reply.send(Ok(BatchReport { items: reports }));
+            }),
+        );
+        for (k, (_, ev)) in accepted.into_iter().enumerate() {
+            for (name, tx) in &self.sinks {
+                // A closed sink channel drops the item, whose token then resolves as a failure.
+                let _ = tx.send(SinkItem { event: ev.clone(), ack: group.token(k, name) }).await;
+            }
+        }
+    }
+}

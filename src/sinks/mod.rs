@@ -1,0 +1,240 @@
+//! Sinks and the driver that runs them.
+//!
+//! A sink only knows how to write a batch of events to its destination and how to classify a failure
+//! (transient: retry; permanent: dead-letter). Everything else every sink needs the same way lives in
+//! [`run_sink`]: a bounded input channel (backpressure), batching by count and time, retries with
+//! exponential backoff and jitter, the dead-letter hand-off with the destination's error, metrics, and
+//! resolving each event's acknowledgement. Later sinks (ClickHouse, Kafka, SIEMs) implement [`Sink`]
+//! and get all of that for free.
+
+pub mod file;
+pub mod stdout;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::dead_letter::{DeadLetter, DeadLetterStore, Stage};
+use crate::event::AuditEvent;
+use crate::metrics::Metrics;
+use crate::pipeline::ack::{AckToken, SinkResult};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How a write failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying (connection refused, timeout, disk momentarily full, 5xx, ...).
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// Retrying cannot help (authentication refused, schema mismatch, ...): dead-letter the batch.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+}
+
+/// Per-event results of a batch write that partly succeeded (e.g. Elasticsearch `_bulk` items).
+#[derive(Debug, Default, Clone)]
+pub struct WriteReport {
+    /// Indexes (into the batch) refused permanently, with the destination's reason.
+    pub rejected: Vec<(usize, String)>,
+    /// Indexes that failed transiently and should be retried.
+    pub retry: Vec<usize>,
+}
+
+/// A destination for canonical events.
+pub trait Sink: Send + 'static {
+    /// Short name used in metrics, dead letters and logs (`audit_log`, `stdout`, ...).
+    fn name(&self) -> &str;
+    /// Write a batch durably (as durable as the sink promises). `Ok` means every event not listed in
+    /// the report is accepted by the destination.
+    fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>>;
+    /// Called once when the pipeline shuts down, after the last batch.
+    fn close<'a>(&'a mut self) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Batching options shared by all sinks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchOptions {
+    /// Most events per write.
+    pub max_events: usize,
+    /// Longest a partial batch waits for more events, in milliseconds.
+    pub max_wait_ms: u64,
+    /// Capacity of the sink's input queue in events; when full, the pipeline waits (backpressure).
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions { max_events: 1000, max_wait_ms: 10, queue_capacity: 4096 }
+    }
+}
+
+/// Retry options shared by all sinks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryOptions {
+    /// Attempts per batch before the remaining events are dead-lettered (1 = no retry).
+    pub max_attempts: u32,
+    /// First backoff, in milliseconds; doubles each attempt, with ±50 % jitter.
+    pub initial_backoff_ms: u64,
+    /// Longest backoff, in milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryOptions {
+    fn default() -> Self {
+        RetryOptions { max_attempts: 8, initial_backoff_ms: 100, max_backoff_ms: 30_000 }
+    }
+}
+
+impl RetryOptions {
+    /// Backoff before attempt `attempt` (1-based count of failures so far), with jitter so many
+    /// instances do not retry in lock-step.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.initial_backoff_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(self.max_backoff_ms);
+        let jitter = rand::thread_rng().gen_range(0.5..1.5);
+        Duration::from_millis(((base as f64) * jitter) as u64)
+    }
+}
+
+/// One event on its way to a sink.
+pub struct SinkItem {
+    pub event: Arc<AuditEvent>,
+    pub ack: AckToken,
+}
+
+/// Start a sink's driver task; returns the sender the pipeline feeds and the task handle (which ends
+/// after the sender is dropped and the last batch is written).
+pub fn spawn_sink(
+    sink: Box<dyn Sink>,
+    batch: BatchOptions,
+    retry: RetryOptions,
+    dlq: DeadLetterStore,
+    metrics: Metrics,
+) -> (mpsc::Sender<SinkItem>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(batch.queue_capacity.max(1));
+    let handle = tokio::spawn(run_sink(sink, rx, batch, retry, dlq, metrics));
+    (tx, handle)
+}
+
+async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<SinkItem>,
+    batch: BatchOptions,
+    retry: RetryOptions,
+    dlq: DeadLetterStore,
+    metrics: Metrics,
+) {
+    let name = sink.name().to_string();
+    let max_events = batch.max_events.max(1);
+    let mut items: Vec<SinkItem> = Vec::with_capacity(max_events);
+    while let Some(first) = rx.recv().await {
+        items.push(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(batch.max_wait_ms);
+        while items.len() < max_events {
+            match rx.try_recv() {
+                Ok(it) => items.push(it),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(it)) => items.push(it),
+                    _ => break,
+                },
+            }
+        }
+        deliver(&mut *sink, &name, std::mem::take(&mut items), &retry, &dlq, &metrics).await;
+    }
+    if let Err(e) = sink.close().await {
+        tracing::error!(sink = %name, error = %e, "Sink failed to close cleanly.");
+    }
+}
+
+/// Write one batch with retries; every item's token is resolved before this returns.
+async fn deliver(sink: &mut dyn Sink, name: &str, items: Vec<SinkItem>, retry: &RetryOptions, dlq: &DeadLetterStore, metrics: &Metrics) {
+    let mut pending: Vec<SinkItem> = items;
+    let mut refused: Vec<(SinkItem, String)> = Vec::new();
+    let mut attempt = 0u32;
+    while !pending.is_empty() {
+        attempt += 1;
+        let events: Vec<Arc<AuditEvent>> = pending.iter().map(|i| i.event.clone()).collect();
+        let outcome = sink.write(&events).await;
+        let (permanent, transient, last_error): (Vec<(usize, String)>, Vec<usize>, String) = match outcome {
+            Ok(r) => (r.rejected, r.retry, String::new()),
+            Err(SinkError::Permanent(e)) => ((0..pending.len()).map(|i| (i, e.clone())).collect(), vec![], e),
+            Err(SinkError::Transient(e)) => (vec![], (0..pending.len()).collect(), e),
+        };
+        // Split pending into delivered / refused / retry, by index.
+        let mut fate = vec![0u8; pending.len()]; // 0 delivered, 1 refused, 2 retry
+        let mut reasons: Vec<Option<String>> = vec![None; pending.len()];
+        for (i, r) in permanent {
+            if let Some(f) = fate.get_mut(i) {
+                *f = 1;
+                reasons[i] = Some(r);
+            }
+        }
+        for i in transient {
+            if let Some(f) = fate.get_mut(i) {
+                if *f == 0 {
+                    *f = 2;
+                }
+            }
+        }
+        let mut next = Vec::new();
+        let give_up = attempt >= retry.max_attempts.max(1);
+        for (i, item) in pending.into_iter().enumerate() {
+            match fate[i] {
+                0 => {
+                    metrics.delivered.with_label_values(&[name]).inc();
+                    item.ack.resolve(SinkResult::Delivered);
+                }
+                1 => refused.push((item, reasons[i].take().unwrap_or_default())),
+                _ if give_up => {
+                    let why = if last_error.is_empty() { "transient failure".to_string() } else { last_error.clone() };
+                    refused.push((item, format!("gave up after {attempt} attempts: {why}")));
+                }
+                _ => next.push(item),
+            }
+        }
+        pending = next;
+        if !pending.is_empty() {
+            metrics.sink_retries.with_label_values(&[name]).inc();
+            let wait = retry.backoff(attempt);
+            tracing::warn!(sink = %name, attempt, retry_in_ms = wait.as_millis() as u64, error = %last_error, events = pending.len(), "Sink write failed; retrying.");
+            tokio::time::sleep(wait).await;
+        }
+    }
+    if refused.is_empty() {
+        return;
+    }
+    let records: Vec<DeadLetter> = refused
+        .iter()
+        .map(|(item, reason)| {
+            let mut d = DeadLetter::new(Stage::Sink, reason.clone(), item.event.origin.clone()).with_event((*item.event).clone());
+            d.sink = Some(name.to_string());
+            d
+        })
+        .collect();
+    match dlq.append(records).await {
+        Ok(()) => {
+            for (item, reason) in refused {
+                metrics.dead_lettered.with_label_values(&[Stage::Sink.name(), name]).inc();
+                tracing::error!(sink = %name, event_id = %item.event.id, reason = %reason, "Event dead-lettered by sink.");
+                item.ack.resolve(SinkResult::DeadLettered(reason));
+            }
+        }
+        Err(e) => {
+            for (item, reason) in refused {
+                tracing::error!(sink = %name, event_id = %item.event.id, error = %e, "Dead-letter store unavailable; event NOT acknowledged.");
+                item.ack.resolve(SinkResult::Failed(format!("{reason}; and the dead-letter store failed: {e}")));
+            }
+        }
+    }
+}
