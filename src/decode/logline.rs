@@ -356,7 +356,11 @@ fn jboss_tail(line: &str, i: usize) -> Option<(String, Option<String>, usize)> {
         }
     }
     // `[%c] %s` without a thread: the message follows one space.
-    let m = if byte(b, after) == Some(b' ') { after + 1 } else { after };
+    let m = if byte(b, after) == Some(b' ') {
+        after + 1
+    } else {
+        after
+    };
     Some((logger, None, m))
 }
 
@@ -584,7 +588,11 @@ fn skip_structured_data(b: &[u8], i: usize) -> Option<usize> {
 fn parse_5424(line: &str, i: usize) -> Option<LogRecord> {
     let b = line.as_bytes();
     let (ts_tok, i) = sp_field(line, i)?;
-    let ts = if ts_tok == "-" { None } else { parse_timestamp_full(ts_tok) };
+    let ts = if ts_tok == "-" {
+        None
+    } else {
+        parse_timestamp_full(ts_tok)
+    };
     let (host, i) = sp_field(line, i)?;
     let (_app, i) = sp_field(line, i)?;
     let (_procid, i) = sp_field(line, i)?;
@@ -594,7 +602,13 @@ fn parse_5424(line: &str, i: usize) -> Option<LogRecord> {
     msg = msg.strip_prefix(' ').unwrap_or(msg);
     msg = msg.strip_prefix('\u{feff}').unwrap_or(msg);
     let msg = msg.trim_start();
-    Some(merge(ts, nil_to_none(host), nil_to_none(msgid), parse_inner(msg), msg))
+    Some(merge(
+        ts,
+        nil_to_none(host),
+        nil_to_none(msgid),
+        parse_inner(msg),
+        msg,
+    ))
 }
 
 /// `TIMESTAMP HOST TAG rest`: rsyslog RFC 3339 headers and collector
@@ -612,12 +626,24 @@ fn parse_iso_header(s: &str) -> Option<LogRecord> {
     let (host, i) = word(s, skip_blanks(b, i))?;
     let i = skip_blanks(b, i);
     if let Some(inner) = parse_inner(tail(s, i)) {
-        return Some(merge(Some(ts), Some(host.to_string()), None, Some(inner), ""));
+        return Some(merge(
+            Some(ts),
+            Some(host.to_string()),
+            None,
+            Some(inner),
+            "",
+        ));
     }
     let (tag, j) = word(s, i)?;
     let rest = tail(s, skip_blanks(b, j));
     if let Some(inner) = parse_inner(rest) {
-        return Some(merge(Some(ts), Some(host.to_string()), None, Some(inner), ""));
+        return Some(merge(
+            Some(ts),
+            Some(host.to_string()),
+            None,
+            Some(inner),
+            "",
+        ));
     }
     if tag.ends_with(':') || tag.ends_with(']') {
         return Some(merge(Some(ts), Some(host.to_string()), None, None, rest));
@@ -661,7 +687,13 @@ fn parse_bsd(s: &str) -> Option<LogRecord> {
         }
         Some(host_tok.to_string())
     };
-    Some(merge(Some(LogTimestamp::TimeOnly(t)), host, None, parse_inner(rest), rest))
+    Some(merge(
+        Some(LogTimestamp::TimeOnly(t)),
+        host,
+        None,
+        parse_inner(rest),
+        rest,
+    ))
 }
 
 /// Syslog-style prefixes, with or without `<PRI>`.
@@ -706,7 +738,7 @@ fn parse_syslog(line: &str) -> Option<LogRecord> {
 /// decides what is insignificant.
 pub fn split_envelope(line: &str) -> Option<LogRecord> {
     let line = line.strip_prefix('\u{feff}').unwrap_or(line);
-    let line = line.trim_end_matches(|c| c == '\r' || c == '\n');
+    let line = line.trim_end_matches(['\r', '\n']);
     let first = line.chars().next()?;
     if first.is_whitespace() {
         return None;
@@ -941,7 +973,11 @@ fn parse_strict(m: &str, q: u8, warnings: &mut Vec<String>) -> Option<Vec<(Strin
         let c = *valid.get(&p)?;
         let key = sub(m, p, c.open.saturating_sub(1));
         let raw = sub(m, c.open + 1, c.close);
-        let value = if c.bracket { raw.to_string() } else { unescape_quote(raw, q) };
+        let value = if c.bracket {
+            raw.to_string()
+        } else {
+            unescape_quote(raw, q)
+        };
         if c.ambiguous {
             warn(
                 warnings,
@@ -976,7 +1012,13 @@ fn eval_pair(
     if first == b'[' {
         // TRACE `cookies=[...]`: unquoted, always the last pair.
         if end >= 1 && end - 1 > o && byte(b, end - 1) == Some(b']') {
-            return Some(Choice { open: o, close: end - 1, next: None, ambiguous: false, bracket: true });
+            return Some(Choice {
+                open: o,
+                close: end - 1,
+                next: None,
+                ambiguous: false,
+                bracket: true,
+            });
         }
         return None;
     }
@@ -1027,7 +1069,11 @@ fn eval_pair(
         None => {
             // No wrapper quote left: the value ends with `\"` at the end of
             // the line, or before a TRACE `cookies=[...]` tail.
-            if end >= 3 && end - 2 > o && byte(b, end - 1) == Some(q) && byte(b, end - 2) == Some(b'\\') {
+            if end >= 3
+                && end - 2 > o
+                && byte(b, end - 1) == Some(q)
+                && byte(b, end - 2) == Some(b'\\')
+            {
                 return Some(plain(end - 1, None, true));
             }
             let mut k = o + 2;
@@ -1073,14 +1119,20 @@ fn parse_lenient(m: &str, line_quote: Option<u8>, rec: &mut KvRecord) {
                 }
         }
     };
-    let fallback_pred =
-        |q: u8| move |k: usize| byte(b, k) == Some(q) && escaped(b, k) && boundary(b, k + 1).is_some();
+    let fallback_pred = |q: u8| {
+        move |k: usize| byte(b, k) == Some(q) && escaped(b, k) && boundary(b, k + 1).is_some()
+    };
     let slot = |q: u8| usize::from(q == b'\'');
-    let next_after = |k: usize| if k + 1 >= end { None } else { boundary(b, k + 1) };
+    let next_after = |k: usize| {
+        if k + 1 >= end {
+            None
+        } else {
+            boundary(b, k + 1)
+        }
+    };
 
     let mut p = 0usize;
-    loop {
-        let Some(eq) = key_end(b, p) else { break };
+    while let Some(eq) = key_end(b, p) {
         let key = sub(m, p, eq);
         let o = eq + 1;
         let first = byte(b, o);
@@ -1102,7 +1154,8 @@ fn parse_lenient(m: &str, line_quote: Option<u8>, rec: &mut KvRecord) {
                     }
                     if Some(q) == line_quote {
                         let rb = raw.as_bytes();
-                        let bare_inside = (0..rb.len()).any(|i| byte(rb, i) == Some(q) && prev(rb, i) != Some(b'\\'));
+                        let bare_inside = (0..rb.len())
+                            .any(|i| byte(rb, i) == Some(q) && prev(rb, i) != Some(b'\\'));
                         if bare_inside {
                             warn(
                                 &mut rec.warnings,
@@ -1122,7 +1175,10 @@ fn parse_lenient(m: &str, line_quote: Option<u8>, rec: &mut KvRecord) {
                         );
                         result = Some((unescape_quote(sub(m, o + 1, k), q), next_after(k)));
                     } else {
-                        warn(&mut rec.warnings, format!("unterminated quoted value for key {}", show_key(key)));
+                        warn(
+                            &mut rec.warnings,
+                            format!("unterminated quoted value for key {}", show_key(key)),
+                        );
                         result = Some((unescape_quote(sub(m, o + 1, end), q), None));
                     }
                 }
@@ -1248,9 +1304,8 @@ pub fn parse_event_text(message: &str) -> Option<EventText> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
-    const FIXTURES: &str = "/work/shared/fixtures";
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
     fn read(rel: &str) -> String {
         let path = format!("{FIXTURES}/{rel}");
@@ -1265,7 +1320,11 @@ mod tests {
     }
 
     fn values<'a>(r: &'a KvRecord, key: &str) -> Vec<&'a str> {
-        r.pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+        r.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     fn one<'a>(r: &'a KvRecord, key: &str) -> &'a str {
@@ -1285,7 +1344,11 @@ mod tests {
     }
 
     fn render(pairs: &[(&str, &str)]) -> String {
-        pairs.iter().map(|(k, v)| format!("{k}={}", sanitize(v))).collect::<Vec<_>>().join(", ")
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", sanitize(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     // -- fixture: the project's own jboss-logging.log ---------------------
@@ -1298,13 +1361,19 @@ mod tests {
         let (mut events, mut others) = (0, 0);
         for line in &lines {
             let rec = split_envelope(line).expect("every fixture line is a log record");
-            assert!(matches!(rec.timestamp, Some(LogTimestamp::Local(_))), "{line}");
+            assert!(
+                matches!(rec.timestamp, Some(LogTimestamp::Local(_))),
+                "{line}"
+            );
             assert!(rec.thread.is_some());
             match parse_event_text(&rec.message) {
                 Some(EventText::KeyValue(r)) => {
                     events += 1;
                     assert_eq!(rec.logger.as_deref(), Some("org.keycloak.events"));
-                    assert!(r.warnings.is_empty(), "clean fixture line gave warnings: {r:?}");
+                    assert!(
+                        r.warnings.is_empty(),
+                        "clean fixture line gave warnings: {r:?}"
+                    );
                     assert!(r.pairs.len() >= 7, "{r:?}");
                 }
                 Some(EventText::Json(j)) => panic!("unexpected JSON event {j}"),
@@ -1326,11 +1395,17 @@ mod tests {
         assert_eq!(rec.level.as_deref(), Some("INFO"));
         assert_eq!(rec.thread.as_deref(), Some("executor-thread-4"));
         let r = kv(&rec.message);
-        assert_eq!(r.pairs[0], ("type".to_string(), "TOKEN_EXCHANGE".to_string()));
+        assert_eq!(
+            r.pairs[0],
+            ("type".to_string(), "TOKEN_EXCHANGE".to_string())
+        );
         assert_eq!(one(&r, "audience"), "orders-api");
         assert_eq!(one(&r, "subject_token_client_id"), "web-portal");
         assert_eq!(one(&r, "userId"), "cd3adec8-6fdc-414d-9093-31ddbb37ec99");
-        assert_eq!(one(&r, "grant_type"), "urn:ietf:params:oauth:grant-type:token-exchange");
+        assert_eq!(
+            one(&r, "grant_type"),
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        );
         assert_eq!(one(&r, "scope"), "profile email");
 
         let admin = text.lines().find(|l| l.contains("17:45:12,643")).unwrap();
@@ -1352,10 +1427,13 @@ mod tests {
     fn fixture_user_events_match_native_json_rendering() {
         let log = read("keycloak/jboss-logging.log");
         let native = read("keycloak/keycloak-native-events.jsonl");
-        let natives: Vec<Value> = native.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let natives: Vec<Value> = native
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let users: Vec<KvRecord> = log
             .lines()
-            .filter_map(|l| split_envelope(l))
+            .filter_map(split_envelope)
             .filter_map(|r| match parse_event_text(&r.message) {
                 Some(EventText::KeyValue(k)) if k.pairs[0].0 == "type" => Some(k),
                 _ => None,
@@ -1364,22 +1442,47 @@ mod tests {
         assert_eq!(users.len(), 65);
         assert_eq!(natives.len(), 65);
         for (r, ev) in users.iter().zip(&natives) {
-            for f in ["type", "realmId", "clientId", "userId", "sessionId", "ipAddress", "error"] {
+            for f in [
+                "type",
+                "realmId",
+                "clientId",
+                "userId",
+                "sessionId",
+                "ipAddress",
+                "error",
+            ] {
                 match ev.get(f).and_then(Value::as_str) {
                     Some(v) => assert_eq!(one(r, f), v, "{f} in {r:?}"),
                     None if f == "userId" || f == "clientId" => assert_eq!(one(r, f), "null"),
                     None => assert!(values(r, f).is_empty(), "{f} should be absent in {r:?}"),
                 }
             }
-            let details = ev.get("details").and_then(Value::as_object).cloned().unwrap_or_default();
+            let details = ev
+                .get("details")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
             for (k, v) in &details {
                 assert_eq!(one(r, k), v.as_str().unwrap(), "detail {k}");
             }
             let fixed = r.pairs.iter().filter(|(k, _)| {
-                ["type", "realmId", "realmName", "clientId", "userId", "sessionId", "ipAddress", "error"]
-                    .contains(&k.as_str())
+                [
+                    "type",
+                    "realmId",
+                    "realmName",
+                    "clientId",
+                    "userId",
+                    "sessionId",
+                    "ipAddress",
+                    "error",
+                ]
+                .contains(&k.as_str())
             });
-            assert_eq!(fixed.count() + details.len(), r.pairs.len(), "extra pairs in {r:?}");
+            assert_eq!(
+                fixed.count() + details.len(),
+                r.pairs.len(),
+                "extra pairs in {r:?}"
+            );
         }
     }
 
@@ -1416,8 +1519,13 @@ mod tests {
     fn public_elastic_test_log() {
         // 14 plain events + the escaped-quote LOGOUT line = 15 lines naming
         // org.keycloak.events (SOURCES.md: 9 user + 6 admin events).
-        assert_eq!(event_lines("elastic-integrations__keycloak__test-log.log"), (15, 15, 0));
-        let text = read(&format!("{PUB}/elastic-integrations__keycloak__test-log.log"));
+        assert_eq!(
+            event_lines("elastic-integrations__keycloak__test-log.log"),
+            (15, 15, 0)
+        );
+        let text = read(&format!(
+            "{PUB}/elastic-integrations__keycloak__test-log.log"
+        ));
         let recs: Vec<Option<LogRecord>> = text.lines().map(split_envelope).collect();
         assert_eq!(recs.len(), 30);
         // The 6 stack-trace continuation lines are not records; the other 24 are.
@@ -1431,11 +1539,23 @@ mod tests {
             })
             .collect();
         assert_eq!(events.len(), 15);
-        assert_eq!(events.iter().filter(|e| e.pairs[0].0 == "operationType").count(), 6);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.pairs[0].0 == "operationType")
+                .count(),
+            6
+        );
 
-        let abcd = events.iter().find(|e| one(e, "clientId") == "https://www.example.com/shibboleth").unwrap();
+        let abcd = events
+            .iter()
+            .find(|e| one(e, "clientId") == "https://www.example.com/shibboleth")
+            .unwrap();
         assert_eq!(one(abcd, "realmId"), "ABCD TEST");
-        assert_eq!(one(abcd, "redirect_uri"), "https://www.example.com/Shibboleth.sso/SAML2/POST");
+        assert_eq!(
+            one(abcd, "redirect_uri"),
+            "https://www.example.com/Shibboleth.sso/SAML2/POST"
+        );
         assert_eq!(one(abcd, "authSessionTabId"), "97qImXws36A");
         let login = events.iter().find(|e| one(e, "type") == "LOGIN").unwrap();
         assert_eq!(
@@ -1443,16 +1563,31 @@ mod tests {
             "https://www.example.com/auth/admin/test/console/#/realms/test/events"
         );
         assert_eq!(one(login, "userId"), "ce637d23-b89c-4fca-9088-1aea1d053e19");
-        let null_user = events.iter().find(|e| one(e, "error") == "user_not_found").unwrap();
+        let null_user = events
+            .iter()
+            .find(|e| one(e, "error") == "user_not_found")
+            .unwrap();
         assert_eq!(one(null_user, "userId"), "null");
 
-        let logout = events.iter().find(|e| values(e, "clientId") == ["user-console"]).unwrap();
+        let logout = events
+            .iter()
+            .find(|e| values(e, "clientId") == ["user-console"])
+            .unwrap();
         assert_eq!(one(logout, "type"), "LOGOUT");
-        assert_eq!(one(logout, "realmId"), "12345678-9abc-def0-1234-56789abcdef0");
-        assert_eq!(one(logout, "sessionId"), "abcd1234-5678-90ab-cdef-1234567890ab");
+        assert_eq!(
+            one(logout, "realmId"),
+            "12345678-9abc-def0-1234-56789abcdef0"
+        );
+        assert_eq!(
+            one(logout, "sessionId"),
+            "abcd1234-5678-90ab-cdef-1234567890ab"
+        );
         assert_eq!(one(logout, "response_mode"), "fragment");
         assert_eq!(one(logout, "authSessionTabId"), "zXY987wvuTsr");
-        assert!(logout.pairs.iter().all(|(_, v)| !v.contains('"') && !v.contains('\\')));
+        assert!(logout
+            .pairs
+            .iter()
+            .all(|(_, v)| !v.contains('"') && !v.contains('\\')));
         assert_eq!(logout.pairs.len(), 16);
     }
 
@@ -1470,7 +1605,10 @@ mod tests {
             assert!(parse_event_text(&r.message).is_none(), "{r:?}");
         }
         let resteasy = &recs[2];
-        assert_eq!(resteasy.thread.as_deref(), Some("ServerService Thread Pool -- 64"));
+        assert_eq!(
+            resteasy.thread.as_deref(),
+            Some("ServerService Thread Pool -- 64")
+        );
         assert!(parse_event_text(&resteasy.message).is_none());
         let group = kv(&recs[5].message);
         assert_eq!(one(&group, "resourceType"), "GROUP");
@@ -1479,7 +1617,9 @@ mod tests {
 
     #[test]
     fn public_elastic_ecs_log_has_no_events() {
-        let text = read(&format!("{PUB}/elastic-integrations__keycloak__test-ecs-log.log"));
+        let text = read(&format!(
+            "{PUB}/elastic-integrations__keycloak__test-ecs-log.log"
+        ));
         let mut n = 0;
         for line in text.lines() {
             n += 1;
@@ -1494,7 +1634,10 @@ mod tests {
         }
         assert_eq!(n, 18);
         let first = split_envelope(text.lines().next().unwrap()).unwrap();
-        assert_eq!(first.logger.as_deref(), Some("org.keycloak.url.HostnameV2ProviderFactory"));
+        assert_eq!(
+            first.logger.as_deref(),
+            Some("org.keycloak.url.HostnameV2ProviderFactory")
+        );
         let want = DateTime::parse_from_rfc3339("2025-05-01T01:16:31.591777597Z").unwrap();
         assert_eq!(first.timestamp, Some(LogTimestamp::Zoned(want)));
     }
@@ -1507,13 +1650,17 @@ mod tests {
         let first = split_envelope(text.lines().next().unwrap()).unwrap();
         assert_eq!(
             first.timestamp,
-            Some(LogTimestamp::TimeOnly(NaiveTime::from_hms_milli_opt(16, 30, 11, 662).unwrap()))
+            Some(LogTimestamp::TimeOnly(
+                NaiveTime::from_hms_milli_opt(16, 30, 11, 662).unwrap()
+            ))
         );
         assert_eq!(first.thread.as_deref(), Some("default task-6"));
         match parse_event_text(&first.message) {
             Some(EventText::Json(j)) => {
                 assert!(j.starts_with("{\"type\":\"ADMIN_EVENT\""));
-                assert!(j.ends_with("\"resourcePath\":\"users/633ff1ce-a695-4c07-a083-1af595a839e8\"}"));
+                assert!(
+                    j.ends_with("\"resourcePath\":\"users/633ff1ce-a695-4c07-a083-1af595a839e8\"}")
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -1534,7 +1681,10 @@ mod tests {
         assert_eq!(r0.timestamp, Some(local("2022-04-23 18:46:16.347")));
         assert_eq!(r0.level.as_deref(), Some("WARN"));
         assert_eq!(r0.thread.as_deref(), Some("nio-9000-exec-2"));
-        assert_eq!(one(&kv(&r0.message), "redirect_uri"), "http://localhost:4200/");
+        assert_eq!(
+            one(&kv(&r0.message), "redirect_uri"),
+            "http://localhost:4200/"
+        );
         let r1 = split_envelope(lines[1]).unwrap();
         let e1 = kv(&r1.message);
         assert_eq!(one(&e1, "type"), "INTROSPECT_TOKEN_ERROR");
@@ -1547,13 +1697,20 @@ mod tests {
     }
 
     fn datadog_samples() -> Vec<String> {
-        let text = read(&format!("{PUB}/datadog-integrations-core__keycloak__keycloak_tests.yaml"));
+        let text = read(&format!(
+            "{PUB}/datadog-integrations-core__keycloak__keycloak_tests.yaml"
+        ));
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         doc.get("tests")
             .and_then(|t| t.as_sequence())
             .unwrap()
             .iter()
-            .map(|t| t.get("sample").and_then(|s| s.as_str()).unwrap().to_string())
+            .map(|t| {
+                t.get("sample")
+                    .and_then(|s| s.as_str())
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     }
 
@@ -1574,7 +1731,8 @@ mod tests {
         assert_eq!(one(&e, "scope"), "openid email profile");
         assert!(e.warnings.is_empty());
 
-        let r2 = split_envelope(&samples[1]).expect("a JSON record without message is still a record");
+        let r2 =
+            split_envelope(&samples[1]).expect("a JSON record without message is still a record");
         assert_eq!(r2.message, "");
         assert_eq!(r2.level.as_deref(), Some("ERROR"));
         assert_eq!(r2.host.as_deref(), Some("keycloak-cdslab.cdsys.local"));
@@ -1583,15 +1741,24 @@ mod tests {
 
     #[test]
     fn version_mismatch_records_from_expected_json() {
-        let text = read(&format!("{PUB}/elastic-integrations__keycloak__test-log.log-expected.json"));
+        let text = read(&format!(
+            "{PUB}/elastic-integrations__keycloak__test-log.log-expected.json"
+        ));
         let doc: Value = serde_json::from_str(&text).unwrap();
         let originals: Vec<String> = doc["expected"]
             .as_array()
             .unwrap()
             .iter()
-            .filter_map(|e| e.pointer("/event/original").and_then(Value::as_str).map(str::to_string))
+            .filter_map(|e| {
+                e.pointer("/event/original")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .collect();
-        let iso = originals.iter().find(|o| o.starts_with("2024-07-17T12:05:32,104")).unwrap();
+        let iso = originals
+            .iter()
+            .find(|o| o.starts_with("2024-07-17T12:05:32,104"))
+            .unwrap();
         let r = split_envelope(iso).unwrap();
         assert_eq!(r.timestamp, Some(local("2024-07-17 12:05:32.104")));
         assert_eq!(r.thread.as_deref(), Some("main-thread-1"));
@@ -1600,9 +1767,16 @@ mod tests {
         assert_eq!(one(&e, "clientId"), "user-console");
         assert_eq!(one(&e, "username"), "dummyuser");
 
-        let osh = originals.iter().find(|o| o.contains("openshift_1")).unwrap();
+        let osh = originals
+            .iter()
+            .find(|o| o.contains("openshift_1"))
+            .unwrap();
         let r = split_envelope(osh).unwrap();
-        assert_eq!(r.timestamp, Some(local("2025-12-09 09:49:17.971")), "inner timestamp wins");
+        assert_eq!(
+            r.timestamp,
+            Some(local("2025-12-09 09:49:17.971")),
+            "inner timestamp wins"
+        );
         assert_eq!(r.host.as_deref(), Some("openshift_1"));
         assert_eq!(r.logger.as_deref(), Some("org.keycloak.events"));
         assert_eq!(r.thread.as_deref(), Some("executor-thread-399"));
@@ -1631,16 +1805,25 @@ mod tests {
             ("error", "invalid_request"),
         ];
         // reason in the middle and reason last.
-        for tail_pairs in [vec![("reason", evil), ("auth_method", "token_exchange")], vec![("reason", evil)]] {
+        for tail_pairs in [
+            vec![("reason", evil), ("auth_method", "token_exchange")],
+            vec![("reason", evil)],
+        ] {
             let mut all = base.to_vec();
             all.extend(tail_pairs);
-            let line = format!("2026-03-11 11:20:05,119 WARN  [org.keycloak.events] (t-1) {}", render(&all));
+            let line = format!(
+                "2026-03-11 11:20:05,119 WARN  [org.keycloak.events] (t-1) {}",
+                render(&all)
+            );
             assert!(line.contains("reason=\"x\\\", userId=\\\"evil\\\", realmId=\\\"r\""));
             let r = kv(&split_envelope(&line).unwrap().message);
             assert_eq!(values(&r, "userId"), ["real-user"]);
             assert_eq!(values(&r, "realmId"), ["realm-uuid"]);
             assert_eq!(one(&r, "reason"), evil);
-            let want: Vec<(String, String)> = all.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let want: Vec<(String, String)> = all
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             assert_eq!(r.pairs, want);
             assert!(r.warnings.is_empty(), "{r:?}");
         }
@@ -1666,13 +1849,26 @@ mod tests {
 
     #[test]
     fn value_ending_in_backslash() {
-        let line = render(&[("type", "LOGIN_ERROR"), ("userId", "u1"), ("reason", "C:\\dir\\"), ("audience", "aud")]);
-        assert_eq!(line, r#"type="LOGIN_ERROR", userId="u1", reason="C:\dir\", audience="aud""#);
+        let line = render(&[
+            ("type", "LOGIN_ERROR"),
+            ("userId", "u1"),
+            ("reason", "C:\\dir\\"),
+            ("audience", "aud"),
+        ]);
+        assert_eq!(
+            line,
+            r#"type="LOGIN_ERROR", userId="u1", reason="C:\dir\", audience="aud""#
+        );
         let r = kv(&line);
         assert_eq!(one(&r, "reason"), "C:\\dir\\");
         assert_eq!(one(&r, "audience"), "aud");
         assert_eq!(r.pairs.len(), 4);
-        assert!(r.warnings.iter().any(|w| w.contains("reason") && w.contains("backslash")), "{r:?}");
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("reason") && w.contains("backslash")),
+            "{r:?}"
+        );
 
         // At the end of the line.
         let r = kv("type=\"X\", reason=\"trailing\\\"\r\n");
@@ -1692,7 +1888,12 @@ mod tests {
         assert_eq!(one(&r, "type"), "LOGIN");
         assert_eq!(one(&r, "realmId"), "r");
         assert_eq!(one(&r, "userId"), "abc");
-        assert!(r.warnings.iter().any(|w| w.contains("unterminated quoted value for key userId")), "{r:?}");
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("unterminated quoted value for key userId")),
+            "{r:?}"
+        );
         let r = kv("type=\"");
         assert_eq!(one(&r, "type"), "");
         assert!(!r.warnings.is_empty());
@@ -1701,7 +1902,11 @@ mod tests {
     #[test]
     fn control_and_bidi_characters_preserved() {
         let nasty = "ad\u{202E}nimda\u{1b}[31m\0\u{85}\u{a0}é😀";
-        let line = render(&[("type", "LOGIN"), ("username", nasty), ("ipAddress", "1.2.3.4")]);
+        let line = render(&[
+            ("type", "LOGIN"),
+            ("username", nasty),
+            ("ipAddress", "1.2.3.4"),
+        ]);
         let r = kv(&line);
         assert_eq!(one(&r, "username"), nasty);
         assert_eq!(one(&r, "ipAddress"), "1.2.3.4");
@@ -1714,7 +1919,13 @@ mod tests {
         let r = kv("type=\"LOGIN\", userId=\"a\", userId=\"b\", x=\"1\", x=\"2\", x=\"3\"");
         assert_eq!(values(&r, "userId"), ["a", "b"]);
         assert_eq!(values(&r, "x"), ["1", "2", "3"]);
-        assert_eq!(r.warnings.iter().filter(|w| w.starts_with("duplicate key")).count(), 2);
+        assert_eq!(
+            r.warnings
+                .iter()
+                .filter(|w| w.starts_with("duplicate key"))
+                .count(),
+            2
+        );
         assert!(r.warnings.contains(&"duplicate key userId".to_string()));
     }
 
@@ -1730,10 +1941,21 @@ mod tests {
             ("redirect_uri", "http://x/#/realms/test/events?a=b"),
             ("detail", "Client not allowed."),
         ];
-        let want: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let want: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let quoted = render(&pairs);
-        let unquoted = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
-        let single = pairs.iter().map(|(k, v)| format!("{k}='{v}'")).collect::<Vec<_>>().join(", ");
+        let unquoted = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let single = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}='{v}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let escaped = quoted.replace('"', "\\\"");
         for form in [&quoted, &unquoted, &single, &escaped] {
             let r = kv(form);
@@ -1761,7 +1983,10 @@ mod tests {
         let r = kv("type=LOGIN_ERROR, realmId=ABCD TEST, clientId=https://www.example.com/shibboleth, redirect_uri=http://x/#/realms/test/events?q=1&r=a b, reason=a,b");
         assert_eq!(one(&r, "realmId"), "ABCD TEST");
         assert_eq!(one(&r, "clientId"), "https://www.example.com/shibboleth");
-        assert_eq!(one(&r, "redirect_uri"), "http://x/#/realms/test/events?q=1&r=a b");
+        assert_eq!(
+            one(&r, "redirect_uri"),
+            "http://x/#/realms/test/events?q=1&r=a b"
+        );
         assert_eq!(one(&r, "reason"), "a,b");
     }
 
@@ -1779,15 +2004,30 @@ mod tests {
         ] {
             assert!(parse_event_text(m).is_none(), "{m:?}");
         }
-        assert!(matches!(parse_event_text("{\"operationType\":\"CREATE\"}"), Some(EventText::Json(_))));
+        assert!(matches!(
+            parse_event_text("{\"operationType\":\"CREATE\"}"),
+            Some(EventText::Json(_))
+        ));
     }
 
     /// Round trip of random adversarial records through Keycloak's quoting.
     #[test]
     fn round_trip_adversarial_values() {
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-        let atoms = ["\"", "\\", ", ", "=", "userId", "realmId=", "'", "[", "]", "a", " ", "é", "\u{202E}", "x=\""];
-        let keys = ["type", "realmId", "clientId", "userId", "ipAddress", "reason", "requested_subject", "audience"];
+        let atoms = [
+            "\"", "\\", ", ", "=", "userId", "realmId=", "'", "[", "]", "a", " ", "é", "\u{202E}",
+            "x=\"",
+        ];
+        let keys = [
+            "type",
+            "realmId",
+            "clientId",
+            "userId",
+            "ipAddress",
+            "reason",
+            "requested_subject",
+            "audience",
+        ];
         for _ in 0..20_000 {
             let npairs = 2 + rng.below(5);
             let mut owned: Vec<(String, String)> = Vec::new();
@@ -1799,7 +2039,11 @@ mod tests {
                 }
                 owned.push((key, v));
             }
-            let line = owned.iter().map(|(k, v)| format!("{k}={}", sanitize(v))).collect::<Vec<_>>().join(", ");
+            let line = owned
+                .iter()
+                .map(|(k, v)| format!("{k}={}", sanitize(v)))
+                .collect::<Vec<_>>()
+                .join(", ");
             let r = kv(&line);
             assert_eq!(r.pairs, owned, "round trip failed for {line}");
         }
@@ -1828,15 +2072,23 @@ mod tests {
         let json = format!("<15>1 2024-10-30T12:00:00Z relay keycloak 81812 - - {sample}");
         let r = split_envelope(&json).unwrap();
         assert_eq!(r.host.as_deref(), Some("keycloak"), "JSON hostName wins");
-        assert!(matches!(r.timestamp, Some(LogTimestamp::Zoned(t)) if t.to_rfc3339().starts_with("2024-10-30T17:27:03")));
+        assert!(
+            matches!(r.timestamp, Some(LogTimestamp::Zoned(t)) if t.to_rfc3339().starts_with("2024-10-30T17:27:03"))
+        );
         assert_eq!(one(&kv(&r.message), "type"), "CODE_TO_TOKEN");
     }
 
     #[test]
     fn rfc3164_syslog_prefix() {
-        let r = split_envelope("<134>Mar  9 07:58:04 kc1 keycloak: type=\"LOGIN\", userId=\"u\"").unwrap();
+        let r = split_envelope("<134>Mar  9 07:58:04 kc1 keycloak: type=\"LOGIN\", userId=\"u\"")
+            .unwrap();
         assert_eq!(r.host.as_deref(), Some("kc1"));
-        assert_eq!(r.timestamp, Some(LogTimestamp::TimeOnly(NaiveTime::from_hms_opt(7, 58, 4).unwrap())));
+        assert_eq!(
+            r.timestamp,
+            Some(LogTimestamp::TimeOnly(
+                NaiveTime::from_hms_opt(7, 58, 4).unwrap()
+            ))
+        );
         assert_eq!(r.message, "type=\"LOGIN\", userId=\"u\"");
         let r = split_envelope(
             "Mar 19 07:58:04 kc1 keycloak[42]: 2026-03-09 07:58:04,123 INFO  [org.keycloak.events] (executor-thread-4) type=\"LOGIN\"",
@@ -1849,7 +2101,8 @@ mod tests {
 
     #[test]
     fn collector_prefix_without_inner_envelope() {
-        let r = split_envelope("2025-12-09T08:49:18.495105+00:00 node-1 keycloak: type=\"LOGIN\"").unwrap();
+        let r = split_envelope("2025-12-09T08:49:18.495105+00:00 node-1 keycloak: type=\"LOGIN\"")
+            .unwrap();
         assert_eq!(r.host.as_deref(), Some("node-1"));
         assert!(matches!(r.timestamp, Some(LogTimestamp::Zoned(_))));
         assert_eq!(r.message, "type=\"LOGIN\"");
@@ -1858,10 +2111,14 @@ mod tests {
 
     #[test]
     fn quarkus_variants_and_generic() {
-        let r = split_envelope("2024-07-17T12:05:32,104 INFO [org.keycloak.events] (main-thread-1) type=\"X\"").unwrap();
+        let r = split_envelope(
+            "2024-07-17T12:05:32,104 INFO [org.keycloak.events] (main-thread-1) type=\"X\"",
+        )
+        .unwrap();
         assert_eq!(r.timestamp, Some(local("2024-07-17 12:05:32.104")));
         assert_eq!(r.message, "type=\"X\"");
-        let r = split_envelope("2024-07-17 12:05:32.123456789 WARN  [a.b] (pool (x) 1) msg (y)").unwrap();
+        let r = split_envelope("2024-07-17 12:05:32.123456789 WARN  [a.b] (pool (x) 1) msg (y)")
+            .unwrap();
         assert_eq!(r.thread.as_deref(), Some("pool (x) 1"));
         assert_eq!(r.message, "msg (y)");
         assert_eq!(r.timestamp, Some(local("2024-07-17 12:05:32.123456789")));
@@ -1870,7 +2127,9 @@ mod tests {
         assert_eq!(r.logger, None);
         assert_eq!(r.message, "something broke: x=1");
         let r = split_envelope("2026-03-09T07:58:04.5+02:00 SEVERE boom").unwrap();
-        assert!(matches!(r.timestamp, Some(LogTimestamp::Zoned(t)) if t.offset().local_minus_utc() == 7200));
+        assert!(
+            matches!(r.timestamp, Some(LogTimestamp::Zoned(t)) if t.offset().local_minus_utc() == 7200)
+        );
         // Ten fraction digits and impossible dates are not timestamps.
         assert!(split_envelope("2026-03-09 07:58:04.1234567890 INFO x").is_none());
         assert!(split_envelope("2026-02-30 07:58:04,123 INFO x").is_none());
@@ -1925,7 +2184,11 @@ mod tests {
             assert!(r.warnings.len() <= MAX_WARNINGS + 1);
             for (k, _) in &r.pairs {
                 let kb = k.as_bytes();
-                assert!(kb.first().is_some_and(|&c| is_key_start(c)) && kb.iter().all(|&c| is_key_char(c)), "{k:?}");
+                assert!(
+                    kb.first().is_some_and(|&c| is_key_start(c))
+                        && kb.iter().all(|&c| is_key_char(c)),
+                    "{k:?}"
+                );
             }
         }
     }
@@ -1947,9 +2210,30 @@ mod tests {
         seeds.push("<15>1 2024-10-30T17:27:03.414+05:30 keycloak keycloak 81812 org.keycloak.events [a b=\"c\"] x".into());
         seeds.push("<134>Mar  9 07:58:04 host keycloak: type=\"A\\\", b=\\\"c\"".into());
         let tokens: [&[u8]; 24] = [
-            b"\"", b"\\", b", ", b"=", b"type=", b"operationType=", b"'", b"[", b"]", b"{", b"}", b"(", b")",
-            b"<15>1 ", b"2026-03-09 07:58:04,123 ", b"16:30:11,662 ", b"INFO ", b"[org.keycloak.events] ",
-            b"userId", "\u{202E}".as_bytes(), b"\xff\xfe", "é".as_bytes(), b"\0", b"\r\n",
+            b"\"",
+            b"\\",
+            b", ",
+            b"=",
+            b"type=",
+            b"operationType=",
+            b"'",
+            b"[",
+            b"]",
+            b"{",
+            b"}",
+            b"(",
+            b")",
+            b"<15>1 ",
+            b"2026-03-09 07:58:04,123 ",
+            b"16:30:11,662 ",
+            b"INFO ",
+            b"[org.keycloak.events] ",
+            b"userId",
+            "\u{202E}".as_bytes(),
+            b"\xff\xfe",
+            "é".as_bytes(),
+            b"\0",
+            b"\r\n",
         ];
         for i in 0..30_000 {
             let mut bytes: Vec<u8> = if i % 2 == 0 {
@@ -1984,7 +2268,7 @@ mod tests {
     }
 
     #[test]
-    fn one_megabyte_hostile_lines_are_linear() {
+    fn one_megabyte_hostile_lines_complete() {
         let mb = 1 << 20;
         let rep = |unit: &str| -> String { unit.repeat(mb / unit.len()) };
         let cases = [
@@ -1998,21 +2282,25 @@ mod tests {
             format!("type=\"x\", {}", rep("k=\"v\", ")),
             format!("type=x, {}", rep("k=v, ")),
             format!("JSON_EVENT::{{\"type\":\"{}\"}}", rep("a")),
-            format!("2026-03-09 07:58:04,123 INFO  [org.keycloak.events] ({}", rep("(")),
+            format!(
+                "2026-03-09 07:58:04,123 INFO  [org.keycloak.events] ({}",
+                rep("(")
+            ),
             format!("<15>1 - h a p m [{}", rep("\\\"")),
         ];
+        // Speed is measured in benchmarks, not here; this checks that hostile megabyte lines complete
+        // and keep the parser's invariants.
         for c in &cases {
-            let start = Instant::now();
             check_invariants(c);
             let line = format!("2026-03-09 07:58:04,123 INFO  [org.keycloak.events] (t) {c}");
             let rec = split_envelope(&line).unwrap();
             let _ = parse_event_text(&rec.message);
-            let took = start.elapsed();
-            eprintln!("{took:?} for {:?}", c.get(..24).unwrap_or(""));
-            assert!(took < Duration::from_secs(10), "took {took:?} on {:?}", c.get(..40));
         }
         // A well-formed 1 MB event keeps every pair.
-        let r = kv(&format!("type=\"x\", {}", rep("k=\"v\", ").trim_end_matches(", ")));
+        let r = kv(&format!(
+            "type=\"x\", {}",
+            rep("k=\"v\", ").trim_end_matches(", ")
+        ));
         assert_eq!(r.pairs.len(), 1 + mb / "k=\"v\", ".len());
         assert!(r.warnings.iter().any(|w| w.starts_with("duplicate key k")));
     }
