@@ -35,7 +35,9 @@ use dedup::{Dedup, Verdict};
 pub struct DedupOptions {
     pub enabled: bool,
     /// Window in event time, seconds: a repeat of an id seen within this span of the newest event is
-    /// dropped. p2-inc retries for up to 15 minutes; Kafka redelivery after a rebalance is seconds.
+    /// dropped. p2-inc retries for up to 15 minutes and a Kafka rebalance redelivers seconds' worth, but a
+    /// consumer reset re-reads the whole topic: the default, 7 days, matches Kafka's default retention.
+    /// Memory stays bounded by `max_entries` whatever the window.
     pub window_secs: u64,
     /// Most ids remembered (memory bound: roughly 100 bytes each).
     pub max_entries: usize,
@@ -43,7 +45,7 @@ pub struct DedupOptions {
 
 impl Default for DedupOptions {
     fn default() -> Self {
-        DedupOptions { enabled: true, window_secs: 24 * 3600, max_entries: 1_000_000 }
+        DedupOptions { enabled: true, window_secs: 7 * 24 * 3600, max_entries: 1_000_000 }
     }
 }
 

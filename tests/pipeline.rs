@@ -1,0 +1,115 @@
+//! The delivery contract with sinks that fail: transient failures are retried, permanent ones are
+//! dead-lettered with the destination's reason, and the batch report says which.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use kcaudit::dead_letter::{DeadLetterStore, Stage};
+use kcaudit::decode::Format;
+use kcaudit::event::AuditEvent;
+use kcaudit::metrics::Metrics;
+use kcaudit::pipeline::{DedupOptions, ItemStatus, Pipeline, PipelineOptions, SinkSpec};
+use kcaudit::sinks::{BatchOptions, BoxFuture, RetryOptions, Sink, SinkError, WriteReport};
+
+/// Fails transiently `flaky` times, then refuses events whose client is "refuse-me", accepts the rest.
+struct TestSink {
+    flaky: Arc<AtomicU32>,
+    written: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Sink for TestSink {
+    fn name(&self) -> &str {
+        "test"
+    }
+    fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
+        Box::pin(async move {
+            if self.flaky.load(Ordering::SeqCst) > 0 {
+                self.flaky.fetch_sub(1, Ordering::SeqCst);
+                return Err(SinkError::Transient("connection refused".into()));
+            }
+            let mut report = WriteReport::default();
+            for (i, e) in events.iter().enumerate() {
+                if e.client_id.as_deref() == Some("refuse-me") {
+                    report.rejected.push((i, "mapper_parsing_exception: field [x] of different type".into()));
+                } else {
+                    self.written.lock().unwrap().push(e.id.clone());
+                }
+            }
+            Ok(report)
+        })
+    }
+}
+
+fn body() -> String {
+    (0..10)
+        .map(|i| {
+            let client = if i == 3 { "refuse-me" } else { "ok" };
+            format!(r#"{{"id":"p{i}","time":1773043084120,"type":"LOGIN","realmId":"r","clientId":"{client}"}}"#)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn transient_failures_retry_permanent_ones_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let dlq_path = dir.path().join("dlq.jsonl");
+    let flaky = Arc::new(AtomicU32::new(2));
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = TestSink { flaky: flaky.clone(), written: written.clone() };
+    let metrics = Metrics::new();
+    let pipeline = Pipeline::start(
+        vec![SinkSpec { sink: Box::new(sink), batch: BatchOptions::default(), retry: RetryOptions { max_attempts: 5, initial_backoff_ms: 1, max_backoff_ms: 5 } }],
+        DeadLetterStore::open(&dlq_path).unwrap(),
+        metrics.clone(),
+        &DedupOptions::default(),
+        &PipelineOptions::default(),
+    );
+    let h = pipeline.handle();
+    let items = decode(body().as_bytes(), Format::Auto);
+    let report = h.try_submit(items, "test").await.unwrap();
+    let c = report.counts();
+    assert_eq!((c.received, c.accepted, c.dead_lettered, c.failed), (10, 10, 1, 0));
+    assert_eq!(flaky.load(Ordering::SeqCst), 0, "both transient failures were retried");
+    assert_eq!(written.lock().unwrap().len(), 9);
+    let refused = report.items.iter().find(|i| !i.dead_lettered.is_empty()).unwrap();
+    assert_eq!(refused.event_id.as_deref(), Some("p3"));
+    assert!(refused.dead_lettered[0].1.contains("mapper_parsing_exception"));
+    let dlq = DeadLetterStore::read_all(&dlq_path).unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!((dlq[0].stage, dlq[0].sink.as_deref()), (Stage::Sink, Some("test")));
+    assert_eq!(dlq[0].event.as_ref().unwrap().id, "p3", "the event itself is kept for replay");
+    assert!(metrics.render().contains(r#"kcaudit_sink_retries_total{sink="test"} 2"#));
+
+    // Retries exhausted: dead-lettered with the last error, never silently dropped.
+    flaky.store(100, Ordering::SeqCst);
+    let items = decode(br#"{"id":"late","time":1773043084120,"type":"LOGIN","realmId":"r","clientId":"ok"}"#, Format::Auto);
+    let report = h.try_submit(items, "test").await.unwrap();
+    assert_eq!(report.items[0].status, ItemStatus::Accepted);
+    assert!(report.items[0].dead_lettered[0].1.contains("gave up after 5 attempts: connection refused"), "{:?}", report.items[0]);
+    drop(h);
+    pipeline.shutdown().await;
+}
+
+#[tokio::test]
+async fn conflicting_duplicates_are_kept_first_wins_and_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = r#"{"id":"same","time":1773043084120,"type":"TOKEN_EXCHANGE","realmId":"r","clientId":"api-gateway","details":{"audience":"orders-api"}}"#;
+    let forged = first.replace("orders-api", "hr-records-api");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, format!("{first}\n{first}\n{forged}\n")).unwrap();
+    let (evs, rep) = replay(dir.path(), &[], &[input], Format::Auto).await;
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].token_exchange.as_ref().unwrap().audiences, vec!["orders-api"]);
+    assert_eq!(rep.totals.duplicates, 2);
+    let recs = &rep.inputs[0].records;
+    assert_eq!(recs.len(), 2);
+    assert!(recs[1].reason.as_deref().unwrap().contains("different content"));
+    let dlq = DeadLetterStore::read_all(&dir.path().join("dead-letter.jsonl")).unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].stage, Stage::Dedup);
+    assert_eq!(dlq[0].event.as_ref().unwrap().token_exchange.as_ref().unwrap().audiences, vec!["hr-records-api"]);
+}
