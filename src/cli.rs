@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -177,7 +176,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         dead_letters = %config.data_path(&config.dead_letter.path).display(),
         "kcaudit is listening: POST Keycloak events to http://{}/v1/events", running.addr
     );
-    running.wait(shutdown_signal(), Duration::from_secs(config.webhook.shutdown_grace_secs)).await?;
+    running.wait(shutdown_signal()).await?;
     tracing::info!("kcaudit stopped; every accepted event was delivered or dead-lettered.");
     Ok(ExitCode::SUCCESS)
 }

@@ -51,8 +51,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 impl Running {
-    /// Run until `signal`, then shut down gracefully: stop accepting, drain requests, flush sinks.
-    pub async fn wait(self, signal: impl std::future::Future<Output = ()>, _grace: Duration) -> anyhow::Result<()> {
+    /// Run until `signal`, then shut down gracefully: stop accepting, drain requests (up to
+    /// `webhook.shutdown_grace_secs`), flush sinks.
+    pub async fn wait(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let Running { server, stop, pipeline_owner, pipeline, .. } = self;
         tokio::pin!(server);
         tokio::select! {
@@ -68,6 +69,6 @@ impl Running {
 
     /// Shut down now (tests).
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.wait(async {}, Duration::ZERO).await
+        self.wait(async {}).await
     }
 }

@@ -113,3 +113,92 @@ async fn conflicting_duplicates_are_kept_first_wins_and_dead_lettered() {
     assert_eq!(dlq[0].stage, Stage::Dedup);
     assert_eq!(dlq[0].event.as_ref().unwrap().token_exchange.as_ref().unwrap().audiences, vec!["hr-records-api"]);
 }
+
+/// A sink that holds every write until released.
+struct GateSink {
+    gate: Arc<tokio::sync::Semaphore>,
+    written: Arc<AtomicU32>,
+}
+
+impl Sink for GateSink {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
+        Box::pin(async move {
+            let _p = self.gate.acquire().await.map_err(|e| SinkError::Transient(e.to_string()))?;
+            self.written.fetch_add(events.len() as u32, Ordering::SeqCst);
+            Ok(WriteReport::default())
+        })
+    }
+}
+
+fn one(i: u32) -> Vec<kcaudit::decode::Item> {
+    decode(format!(r#"{{"id":"g{i}","time":1773043084120,"type":"LOGIN","realmId":"r","clientId":"c"}}"#).as_bytes(), Format::Auto)
+}
+
+#[tokio::test]
+async fn a_stuck_sink_backs_up_to_overloaded_and_nothing_queued_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let written = Arc::new(AtomicU32::new(0));
+    let pipeline = Pipeline::start(
+        vec![SinkSpec {
+            sink: Box::new(GateSink { gate: gate.clone(), written: written.clone() }),
+            batch: BatchOptions { max_events: 1, max_wait_ms: 0, queue_capacity: 1 },
+            retry: RetryOptions::default(),
+        }],
+        DeadLetterStore::open(&dir.path().join("dlq.jsonl")).unwrap(),
+        Metrics::new(),
+        &DedupOptions::default(),
+        &PipelineOptions { queue_batches: 1 },
+    );
+    let h = pipeline.handle();
+    // The test runtime is single-threaded: while this task sleeps, every spawned submission runs up to
+    // its first await, so each has either been queued or refused by the time the sleep ends.
+    let tasks: Vec<_> = (0..100).map(|i| {
+        let h2 = h.clone();
+        tokio::spawn(async move { h2.try_submit(one(i), "test").await })
+    }).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (refused, queued): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.is_finished());
+    assert!(queued.len() < 10, "only a handful of batches fit in the bounded queues ({})", queued.len());
+    for t in refused {
+        assert_eq!(t.await.unwrap().unwrap_err(), kcaudit::pipeline::PipelineError::Overloaded);
+    }
+    gate.add_permits(1000);
+    let n = queued.len() as u32;
+    for t in queued {
+        assert_eq!(t.await.unwrap().unwrap().counts().accepted, 1, "a queued batch is never lost");
+    }
+    assert_eq!(written.load(Ordering::SeqCst), n);
+    drop(h);
+    pipeline.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_queued_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let written = Arc::new(AtomicU32::new(0));
+    let pipeline = Pipeline::start(
+        vec![SinkSpec { sink: Box::new(GateSink { gate: gate.clone(), written: written.clone() }), batch: BatchOptions::default(), retry: RetryOptions::default() }],
+        DeadLetterStore::open(&dir.path().join("dlq.jsonl")).unwrap(),
+        Metrics::new(),
+        &DedupOptions::default(),
+        &PipelineOptions::default(),
+    );
+    let h = pipeline.handle();
+    let mut pending = Vec::new();
+    for i in 0..5 {
+        pending.push(h.submit(one(i), "test", false).await.unwrap());
+    }
+    drop(h);
+    let shutdown = tokio::spawn(pipeline.shutdown());
+    gate.add_permits(1000);
+    shutdown.await.unwrap();
+    for rx in pending {
+        assert_eq!(rx.await.unwrap().unwrap().counts().accepted, 1);
+    }
+    assert_eq!(written.load(Ordering::SeqCst), 5, "every queued event reached the sink before shutdown returned");
+}

@@ -37,6 +37,8 @@ pub fn decode_line(line: &str, origin: &Origin, pre: &[Warning], ctx: &Context<'
     let skip = |reason: &str, out: &mut Vec<Item>| {
         out.push(Item { origin: labelled(origin, Format::JbossLogging), decoded: Decoded::Skipped(reason.into()), raw: None });
     };
+    // Syslog over TCP with octet counting (RFC 6587/5425, vymalo's default) prefixes the length.
+    let line = strip_octet_count(line);
     let Some(rec) = logline::split_envelope(line) else {
         if ctx.lines_may_be_noise {
             return skip("not a log record (continuation or unrelated text)", out);
@@ -48,8 +50,13 @@ pub fn decode_line(line: &str, origin: &Origin, pre: &[Warning], ctx: &Context<'
         });
         return;
     };
-    let Some(text) = logline::parse_event_text(&rec.message) else {
-        return skip("log record is not a Keycloak event", out);
+    let text = match logline::parse_event_text(&rec.message) {
+        Some(t) => t,
+        // p2-inc's MDC event logger puts the event in the MDC, not the message.
+        None => match mdc_event(line) {
+            Some(obj) => EventText::Json(obj),
+            None => return skip("log record is not a Keycloak event", out),
+        },
     };
     let mut draft = Draft { origin: labelled(origin, Format::JbossLogging), ..Default::default() };
     draft.origin.log = Some(LogEnvelope {
@@ -71,6 +78,8 @@ pub fn decode_line(line: &str, origin: &Origin, pre: &[Warning], ctx: &Context<'
                     let (t, ts) = (draft.time, draft.time_source);
                     let log_warnings = std::mem::take(&mut draft.warnings);
                     let mut d2 = Draft { origin: draft.origin, warnings: log_warnings, ..Default::default() };
+                    // Say what the embedded event is (the envelope stays in origin.log).
+                    d2.origin.format = json_event::classify(&obj).name().to_string();
                     let has_time = obj.get("time").is_some_and(|v| !v.is_null());
                     if !has_time {
                         d2.time = t;
@@ -106,6 +115,36 @@ pub fn decode_line(line: &str, origin: &Origin, pre: &[Warning], ctx: &Context<'
             raw: Some(line.as_bytes().to_vec()),
         }),
     }
+}
+
+/// `233 <14>1 2026-…` → `<14>1 2026-…` (a syslog frame length in front of the priority).
+fn strip_octet_count(line: &str) -> &str {
+    let digits = line.bytes().take_while(u8::is_ascii_digit).count();
+    match line.as_bytes().get(digits..digits + 2) {
+        Some([b' ', b'<']) if digits > 0 => &line[digits + 1..],
+        _ => line,
+    }
+}
+
+/// p2-inc's MDC event store logs `Event Logger` with the event in MDC keys (`event.id`, `event.type`,
+/// …, `event.detailsJson`). Rebuild the JSON event object from them.
+fn mdc_event(line: &str) -> Option<String> {
+    let start = line.find('{')?;
+    let v: Value = serde_json::from_str(line[start..].trim()).ok()?;
+    let mdc = v.get("mdc")?.as_object()?;
+    let get = |k: &str| mdc.get(&format!("event.{k}")).cloned();
+    let ty = get("type")?;
+    let mut obj = Map::new();
+    obj.insert("type".into(), ty);
+    for k in ["id", "time", "realmId", "realmName", "clientId", "userId", "sessionId", "ipAddress", "error"] {
+        if let Some(v) = get(k) {
+            obj.insert(k.into(), v);
+        }
+    }
+    if let Some(Value::String(d)) = get("detailsJson") {
+        obj.insert("details".into(), serde_json::from_str(&d).unwrap_or(Value::String(d)));
+    }
+    Some(Value::Object(obj).to_string())
 }
 
 fn timestamp_text(t: &LogTimestamp) -> String {

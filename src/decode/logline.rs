@@ -625,26 +625,13 @@ fn parse_iso_header(s: &str) -> Option<LogRecord> {
     }
     let (host, i) = word(s, skip_blanks(b, i))?;
     let i = skip_blanks(b, i);
-    if let Some(inner) = parse_inner(tail(s, i)) {
-        return Some(merge(
-            Some(ts),
-            Some(host.to_string()),
-            None,
-            Some(inner),
-            "",
-        ));
+    // The Keycloak envelope may follow the host directly or after a tag.
+    let tagged = word(s, i).map(|(tag, j)| (tag, tail(s, skip_blanks(b, j))));
+    let inner = parse_inner(tail(s, i)).or_else(|| tagged.and_then(|(_, rest)| parse_inner(rest)));
+    if let Some(inner) = inner {
+        return Some(merge(Some(ts), Some(host.to_string()), None, Some(inner), ""));
     }
-    let (tag, j) = word(s, i)?;
-    let rest = tail(s, skip_blanks(b, j));
-    if let Some(inner) = parse_inner(rest) {
-        return Some(merge(
-            Some(ts),
-            Some(host.to_string()),
-            None,
-            Some(inner),
-            "",
-        ));
-    }
+    let (tag, rest) = tagged?;
     if tag.ends_with(':') || tag.ends_with(']') {
         return Some(merge(Some(ts), Some(host.to_string()), None, None, rest));
     }
