@@ -44,6 +44,12 @@ pub enum Command {
         /// Write a JSON summary: counts per input and every rejected, duplicate, skipped and warned record.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Enrich from a directory snapshot folder (same as --set enrich.directory=DIR).
+        #[arg(long, value_name = "DIR")]
+        directory: Option<PathBuf>,
+        /// Enrich from realm export / keycloak-config-cli files (repeatable).
+        #[arg(long = "realm-export", value_name = "FILE")]
+        realm_export: Vec<PathBuf>,
         /// Exit with status 2 when any record was rejected.
         #[arg(long)]
         fail_on_reject: bool,
@@ -77,7 +83,15 @@ pub fn main() -> ExitCode {
         }
         Command::Validate(args) => validate(&args),
         Command::Serve(args) => with_config(&args, |c| runtime()?.block_on(serve(c))),
-        Command::Replay { config, format, out, report, fail_on_reject, quiet, inputs } => with_config(&config, |c| {
+        Command::Replay { mut config, format, out, report, directory, realm_export, fail_on_reject, quiet, inputs } => {
+            if let Some(d) = directory {
+                config.set.push(format!("enrich.directory={:?}", d.display().to_string()));
+            }
+            if !realm_export.is_empty() {
+                let list: Vec<String> = realm_export.iter().map(|f| format!("{:?}", f.display().to_string())).collect();
+                config.set.push(format!("enrich.realm_exports=[{}]", list.join(",")));
+            }
+            with_config(&config, |c| {
             let req = crate::sources::replay::ReplayRequest { inputs, format, out, progress: !quiet };
             let rep = runtime()?.block_on(crate::sources::replay::run(&c, &req))?;
             if let Some(path) = report {
@@ -103,7 +117,8 @@ pub fn main() -> ExitCode {
                 return Ok(ExitCode::from(2));
             }
             Ok(ExitCode::SUCCESS)
-        }),
+            })
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::DecodeOptions;
+use crate::enrich::EnrichOptions;
 use crate::pipeline::{DedupOptions, PipelineOptions};
 use crate::sinks::file::AuditLogOptions;
 use crate::sinks::{BatchOptions, RetryOptions};
@@ -27,6 +28,7 @@ pub struct Config {
     pub log: LogOptions,
     pub webhook: WebhookOptions,
     pub decode: DecodeOptions,
+    pub enrich: EnrichOptions,
     pub dedup: DedupOptions,
     pub pipeline: PipelineOptions,
     pub dead_letter: DeadLetterOptions,
@@ -40,6 +42,7 @@ impl Default for Config {
             log: LogOptions::default(),
             webhook: WebhookOptions::default(),
             decode: DecodeOptions::default(),
+            enrich: EnrichOptions::default(),
             dedup: DedupOptions::default(),
             pipeline: PipelineOptions::default(),
             dead_letter: DeadLetterOptions::default(),
@@ -184,6 +187,16 @@ impl Config {
                 message: "no sink is enabled: `kcaudit serve` would accept events and keep them nowhere".into(),
                 is_error: true,
             });
+        }
+        if let Some(d) = &self.enrich.directory {
+            if !d.join("realms.json").is_file() {
+                p.push(Problem { key: "enrich.directory".into(), message: format!("{} has no realms.json (expected a snapshot written by `kcaudit directory sync`)", d.display()), is_error: true });
+            }
+        }
+        for f in &self.enrich.realm_exports {
+            if !f.is_file() {
+                p.push(Problem { key: "enrich.realm_exports".into(), message: format!("{} does not exist", f.display()), is_error: true });
+            }
         }
         p.extend(self.webhook.problems());
         p

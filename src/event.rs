@@ -83,6 +83,9 @@ pub struct AuditEvent {
     pub details: BTreeMap<String, String>,
     /// Admin-event facts (present when `kind` is `admin`).
     pub admin: Option<AdminInfo>,
+    /// Context about the exchanger, the subject, the audiences and the realm's exchange policy, from
+    /// the Keycloak directory (null when enrichment is not configured).
+    pub enrichment: Option<Enrichment>,
     /// Where this record came from.
     pub origin: Origin,
     /// Everything odd noticed while decoding this record. An empty list means a clean decode.
@@ -308,4 +311,105 @@ impl AuditEvent {
         // Serialising this type cannot fail: every map key is a string and there are no floats.
         serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"serialize_error\":{:?}}}", e.to_string()))
     }
+}
+
+/// Directory context added by the enrichment stage. A lookup that fails never blocks the event: the
+/// event goes on with `status` saying what is missing and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Enrichment {
+    pub status: EnrichmentStatus,
+    /// Why something could not be resolved (deleted user, unknown client, directory unavailable, ...).
+    pub misses: Vec<String>,
+    /// Where the facts came from (`directory:<path>`, `realm-export:<file>`, `admin-api:<url>`).
+    pub source: Option<String>,
+    /// The requesting client (token exchange) or the event's client.
+    pub exchanger: Option<ClientInfo>,
+    /// The user the event is about.
+    pub subject: Option<UserInfo>,
+    /// Each requested audience resolved to a client; `known: false` when no such client exists.
+    pub audiences: Vec<AudienceInfo>,
+    /// The client the subject token was issued to (V2 `subject_token_client_id`).
+    pub subject_token_client: Option<ClientInfo>,
+    /// V1 impersonation: the impersonating user (the detail is a username).
+    pub impersonator: Option<UserInfo>,
+    /// Whether the exchange was within what the realm configuration allows the exchanger.
+    pub policy: Option<PolicyVerdict>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrichmentStatus {
+    /// Everything the event names was resolved.
+    Enriched,
+    /// Some lookups missed (see `misses`).
+    Partial,
+    /// Nothing could be resolved (directory unavailable, unknown realm, ...).
+    NotEnriched,
+}
+
+/// A Keycloak client, as a security analyst needs to see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientInfo {
+    pub client_id: String,
+    /// Internal UUID.
+    pub uuid: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+    /// `confidential`, `public` or `bearer_only`.
+    pub access_type: Option<String>,
+    pub service_accounts_enabled: Option<bool>,
+    /// Token exchange the client has enabled: `standard_v2`, `legacy_v1`, `none`, or `unknown` when the
+    /// source cannot tell (V1 permissions are only visible in realm exports).
+    pub token_exchange: String,
+}
+
+/// A Keycloak user, as a security analyst needs to see them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserInfo {
+    pub id: Option<String>,
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub enabled: Option<bool>,
+    /// True for a client's service-account user.
+    pub service_account: bool,
+    /// The owning client of a service account.
+    pub service_account_client_id: Option<String>,
+    /// Matches the configured privilege rules (roles, groups or attributes).
+    pub privileged: bool,
+    /// Which rule made the user privileged.
+    pub privileged_reason: Option<String>,
+    /// The user attributes the configuration asks to carry.
+    pub attributes: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceInfo {
+    pub audience: String,
+    /// False when the realm has no client with this clientId (a fact worth recording: probing).
+    pub known: bool,
+    pub client: Option<ClientInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Within {
+    Yes,
+    No,
+    Unknown,
+}
+
+/// The exchange measured against the realm configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyVerdict {
+    pub within_policy: Within,
+    /// One sentence: what the configuration allows and how this exchange compares.
+    pub reason: String,
+    /// Audiences the configuration grants the exchanger, when known.
+    pub allowed_audiences: Option<Vec<String>>,
 }

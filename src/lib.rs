@@ -11,6 +11,8 @@
 //! - [`decode`]: one decoder per wire format plus auto-detection; the shared interpretation in
 //!   `decode::draft` (token-exchange facts, V1/V2 inference, caps, derived ids).
 //! - [`sources`]: the HTTP webhook (`sources::webhook`) and file replay (`sources::replay`).
+//! - [`directory`]: Keycloak realms, clients and users (snapshot folders, realm exports), indexed.
+//! - [`enrich`]: the enrichment stage (exchanger, subject, audiences, exchange policy).
 //! - [`pipeline`]: bounded stages, deduplication, acknowledgements, per-batch reports.
 //! - [`sinks`]: the [`sinks::Sink`] trait and its driver (batching, retry, dead-lettering); the audit
 //!   log file and stdout.
@@ -23,6 +25,8 @@ pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
+pub mod directory;
+pub mod enrich;
 pub mod event;
 pub mod metrics;
 pub mod pipeline;

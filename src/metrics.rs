@@ -19,6 +19,7 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub sink_retries: IntCounterVec,
     pub requests: IntCounterVec,
+    pub enrichment: IntCounterVec,
     pub request_seconds: HistogramVec,
 }
 
@@ -53,6 +54,7 @@ impl Metrics {
             dead_lettered: counter_vec(&r, "kcaudit_dead_letters_total", "Records written to the dead-letter store, by stage and sink.", &["stage", "sink"]),
             sink_retries: counter_vec(&r, "kcaudit_sink_retries_total", "Batch retries after transient sink failures.", &["sink"]),
             requests: counter_vec(&r, "kcaudit_webhook_requests_total", "Webhook requests by HTTP status.", &["status"]),
+            enrichment: counter_vec(&r, "kcaudit_enrichment_total", "Events enriched, by status (enriched, partial, not_enriched).", &["status"]),
             request_seconds,
             registry: r,
         }

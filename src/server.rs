@@ -38,7 +38,9 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
 /// Start the pipeline and the webhook listener.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let dlq = DeadLetterStore::open(&config.data_path(&config.dead_letter.path))?;
-    let pipeline = Pipeline::start(sinks(config)?, dlq, Metrics::new(), &config.dedup, &config.pipeline);
+    let metrics = Metrics::new();
+    let enricher = crate::enrich::Enricher::from_options(&config.enrich, metrics.clone())?;
+    let pipeline = Pipeline::start_with(sinks(config)?, enricher, dlq, metrics, &config.dedup, &config.pipeline);
     let state = WebhookState::new(&config.webhook, &config.decode, pipeline.handle())?;
     let listener = tokio::net::TcpListener::bind(&config.webhook.listen)
         .await

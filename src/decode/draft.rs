@@ -142,6 +142,7 @@ impl Draft {
             token_exchange,
             details,
             admin: self.admin,
+            enrichment: None,
             origin: self.origin,
             warnings: self.warnings,
         };

@@ -107,6 +107,7 @@ mod tests {
             token_exchange: None,
             details: Default::default(),
             admin: None,
+            enrichment: None,
             origin: Origin { input: "a".into(), ..Default::default() },
             warnings: vec![],
         }

@@ -1,7 +1,7 @@
 //! The pipeline: decoded records in; deduplicated events out to every sink; one report per batch back.
 //!
 //! ```text
-//! source ──(decode, in the source's task)──► [bounded queue] ──► dedup + dead-letter rejects ──►
+//! source ──(decode, in the source's task)──► [bounded queue] ──► dedup + dead-letter rejects ──► enrich ──►
 //!     [bounded queue per sink] ──► sink driver (batch, retry, dead-letter) ──► ack ──► report to source
 //! ```
 //!
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::dead_letter::{DeadLetter, DeadLetterStore, Stage};
 use crate::decode::{Decoded, Item};
+use crate::enrich::Enricher;
 use crate::event::{AuditEvent, Origin, Warning};
 use crate::metrics::{reason_label, Metrics};
 use crate::sinks::{spawn_sink, BatchOptions, RetryOptions, Sink, SinkItem};
@@ -250,6 +251,18 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn start(sinks: Vec<SinkSpec>, dead_letters: DeadLetterStore, metrics: Metrics, dedup: &DedupOptions, opts: &PipelineOptions) -> Pipeline {
+        Self::start_with(sinks, None, dead_letters, metrics, dedup, opts)
+    }
+
+    /// Start with an enrichment stage (applied to accepted events before the sinks).
+    pub fn start_with(
+        sinks: Vec<SinkSpec>,
+        enricher: Option<Arc<Enricher>>,
+        dead_letters: DeadLetterStore,
+        metrics: Metrics,
+        dedup: &DedupOptions,
+        opts: &PipelineOptions,
+    ) -> Pipeline {
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         for s in sinks {
@@ -261,6 +274,7 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel(opts.queue_batches.max(1));
         let central = Central {
             sinks: senders,
+            enricher,
             dedup: dedup.enabled.then(|| Arc::new(Mutex::new(Dedup::new(dedup.window_secs, dedup.max_entries)))),
             dead_letters: dead_letters.clone(),
             metrics: metrics.clone(),
@@ -288,6 +302,7 @@ impl Pipeline {
 
 struct Central {
     sinks: Vec<(String, mpsc::Sender<SinkItem>)>,
+    enricher: Option<Arc<Enricher>>,
     dedup: Option<Arc<Mutex<Dedup>>>,
     dead_letters: DeadLetterStore,
     metrics: Metrics,
@@ -319,7 +334,7 @@ impl Central {
         let m = &self.metrics;
         let mut reports = Vec::with_capacity(sub.items.len());
         let mut dead = Vec::new();
-        let mut accepted: Vec<(usize, Arc<AuditEvent>)> = Vec::new();
+        let mut fresh: Vec<(usize, Box<AuditEvent>)> = Vec::new();
         for item in sub.items {
             m.received.with_label_values(&[sub.source]).inc();
             match item.decoded {
@@ -353,11 +368,7 @@ impl Central {
                                 m.warnings.with_label_values(&[&w.code]).inc();
                             }
                             r.warnings = ev.warnings.clone();
-                            let ev = Arc::new(*ev);
-                            if sub.keep_events {
-                                r.event = Some(ev.clone());
-                            }
-                            accepted.push((reports.len(), ev));
+                            fresh.push((reports.len(), ev));
                         }
                         Verdict::Duplicate => {
                             m.duplicates.with_label_values(&["false"]).inc();
@@ -381,6 +392,19 @@ impl Central {
                 }
             }
         }
+        if let Some(en) = &self.enricher {
+            en.enrich_all(fresh.iter_mut().map(|(_, e)| &mut **e));
+        }
+        let accepted: Vec<(usize, Arc<AuditEvent>)> = fresh
+            .into_iter()
+            .map(|(pos, ev)| {
+                let ev: Arc<AuditEvent> = Arc::new(*ev);
+                if sub.keep_events {
+                    reports[pos].event = Some(ev.clone());
+                }
+                (pos, ev)
+            })
+            .collect();
         if !dead.is_empty() {
             let stages: Vec<Stage> = dead.iter().map(|d| d.stage).collect();
             if let Err(e) = self.dead_letters.append(dead).await {

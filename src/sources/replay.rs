@@ -101,10 +101,13 @@ pub async fn run(config: &Config, req: &ReplayRequest) -> anyhow::Result<ReplayR
         Some(p) => Box::new(FileSink::create_output(p)?),
         None => Box::new(StdoutSink),
     };
-    let pipeline = Pipeline::start(
+    let metrics = Metrics::new();
+    let enricher = crate::enrich::Enricher::from_options(&config.enrich, metrics.clone())?;
+    let pipeline = Pipeline::start_with(
         vec![SinkSpec { sink, batch: BatchOptions { max_events: 4096, max_wait_ms: 5, queue_capacity: 8192 }, retry: RetryOptions::default() }],
+        enricher,
         dlq,
-        Metrics::new(),
+        metrics,
         &config.dedup,
         &config.pipeline,
     );

@@ -1,0 +1,75 @@
+//! Exchange policy: does the realm configuration allow this exchanger these audiences?
+//!
+//! Standard V2 grants an exchanger the audiences its token could carry: the audience mappers on the
+//! client and on its default/optional client scopes, plus role-based audiences (the `roles` scope's
+//! audience resolver) that depend on the subject's roles and cannot be read from configuration alone.
+//! Legacy V1 grants audiences through fine-grained permissions that a directory snapshot does not show.
+//! So the verdict is `yes` only when configuration proves it, `no` only when configuration rules it out,
+//! and `unknown` otherwise, with the reason. It never guesses.
+
+use crate::directory::model::audience_mapper_audiences;
+use crate::directory::RealmDir;
+use crate::event::{AuditEvent, PolicyVerdict, TokenExchange, Within};
+
+pub fn verdict(realm: &RealmDir, ev: &AuditEvent, te: &TokenExchange) -> PolicyVerdict {
+    let unknown = |reason: String| PolicyVerdict { within_policy: Within::Unknown, reason, allowed_audiences: None };
+    let Some(name) = ev.client_id.as_deref() else { return unknown("the event names no exchanger".into()) };
+    let Some(client) = realm.client(name) else { return unknown(format!("exchanger {name} is not in the directory")) };
+    if let Some(missing) = te.audiences.iter().find(|a| realm.client(a).is_none()) {
+        return PolicyVerdict {
+            within_policy: Within::No,
+            reason: format!("audience {missing} is not a client of realm {}", realm.name.as_deref().unwrap_or("?")),
+            allowed_audiences: None,
+        };
+    }
+    if te.requested_subject.is_some() {
+        return unknown(format!("{name} requested impersonation; impersonation permissions (fine-grained admin permissions) are not in this directory source"));
+    }
+    if !client.standard_token_exchange_enabled() {
+        return unknown(format!(
+            "{name} does not have standard token exchange enabled, so legacy V1 permissions govern it; they are not in this directory source"
+        ));
+    }
+    let mut allowed = client.audience_mapper_audiences();
+    let mut complete = true;
+    for scope in client.default_client_scopes.iter().chain(&client.optional_client_scopes) {
+        match realm.client_scope(scope) {
+            Some(s) => {
+                allowed.extend(audience_mapper_audiences(&s.protocol_mappers));
+                if s.protocol_mappers.iter().any(|m| m.protocol_mapper.as_deref() == Some("oidc-audience-resolve-mapper")) {
+                    complete = false; // audiences from the subject's client roles
+                }
+            }
+            None => complete = false,
+        }
+    }
+    allowed.sort();
+    allowed.dedup();
+    let outside: Vec<&String> = te.audiences.iter().filter(|a| !allowed.contains(a)).collect();
+    if outside.is_empty() && !te.audiences.is_empty() {
+        return PolicyVerdict {
+            within_policy: Within::Yes,
+            reason: format!("{name} has standard token exchange enabled and its audience mappers grant {}", te.audiences.join(", ")),
+            allowed_audiences: Some(allowed),
+        };
+    }
+    if te.audiences.is_empty() {
+        return unknown("the event records no audience".into());
+    }
+    let list = outside.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    if complete {
+        PolicyVerdict {
+            within_policy: Within::No,
+            reason: format!(
+                "{name}'s audience mappers grant only {}; {list} is not among them",
+                if allowed.is_empty() { "no audience".to_string() } else { allowed.join(", ") }
+            ),
+            allowed_audiences: Some(allowed),
+        }
+    } else {
+        unknown(format!(
+            "{list} is not granted by {name}'s audience mappers{}, but role-based audiences or client scopes not in this directory may grant it",
+            if allowed.is_empty() { String::new() } else { format!(" ({})", allowed.join(", ")) }
+        ))
+    }
+}
