@@ -222,6 +222,28 @@ impl Config {
     }
 }
 
+/// Read a secret from the first configured place: a file (trailing newline ignored), an inline value
+/// (discouraged), or an environment variable. Never logged.
+pub fn read_secret(file: Option<&Path>, inline: Option<&str>, env: Option<&str>) -> Result<Vec<u8>, String> {
+    let found: Option<Vec<u8>> = if let Some(path) = file {
+        let v = std::fs::read(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+        let trimmed = v.strip_suffix(b"\n").map(|v| v.strip_suffix(b"\r").unwrap_or(v)).unwrap_or(&v);
+        Some(trimmed.to_vec())
+    } else if let Some(s) = inline {
+        Some(s.as_bytes().to_vec())
+    } else if let Some(var) = env {
+        let v = std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+        Some(v.into_bytes())
+    } else {
+        None
+    };
+    match found {
+        Some(s) if !s.is_empty() => Ok(s),
+        Some(_) => Err("the configured secret is empty".into()),
+        None => Err("no secret configured: set an environment variable or a file".into()),
+    }
+}
+
 /// Apply one `KEY=VALUE` override to the raw table.
 fn apply_set(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
     let err = |message: &str| ConfigError::Set { arg: arg.to_string(), message: message.to_string() };

@@ -390,8 +390,9 @@ pub struct UserInfo {
 #[serde(deny_unknown_fields)]
 pub struct AudienceInfo {
     pub audience: String,
-    /// False when the realm has no client with this clientId (a fact worth recording: probing).
-    pub known: bool,
+    /// False when the realm has no client with this clientId (a fact worth recording: probing); null
+    /// when no source could answer.
+    pub known: Option<bool>,
     pub client: Option<ClientInfo>,
 }
 

@@ -12,6 +12,7 @@
 //!   `decode::draft` (token-exchange facts, V1/V2 inference, caps, derived ids).
 //! - [`sources`]: the HTTP webhook (`sources::webhook`) and file replay (`sources::replay`).
 //! - [`directory`]: Keycloak realms, clients and users (snapshot folders, realm exports), indexed.
+//! - [`keycloak_api`]: the Keycloak Admin REST API client (token, cache, rate limit, circuit breaker).
 //! - [`enrich`]: the enrichment stage (exchanger, subject, audiences, exchange policy).
 //! - [`pipeline`]: bounded stages, deduplication, acknowledgements, per-batch reports.
 //! - [`sinks`]: the [`sinks::Sink`] trait and its driver (batching, retry, dead-lettering); the audit
@@ -27,6 +28,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod directory;
 pub mod enrich;
+pub mod keycloak_api;
 pub mod event;
 pub mod metrics;
 pub mod pipeline;

@@ -109,7 +109,7 @@ fn validate_names_the_typoed_key() {
     let out = run_example(Some("x"));
     assert!(out.status.success(), "the shipped example is valid: {}", String::from_utf8_lossy(&out.stderr));
     let out = run_example(None);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("KCAUDIT_WEBHOOK_SECRET (secret_env) is not set"), "a missing secret is explained");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("environment variable KCAUDIT_WEBHOOK_SECRET is not set"), "a missing secret is explained");
 
     let remote_open = kcaudit(dir.path(), &["validate", "--set", "webhook.listen=0.0.0.0:8787"]);
     assert!(!remote_open.status.success());

@@ -48,7 +48,7 @@ async fn every_token_exchange_is_resolved_from_the_snapshot() {
         let te = e.token_exchange.as_ref().unwrap();
         assert_eq!(en.audiences.len(), te.audiences.len());
         for a in &en.audiences {
-            assert_eq!(a.known, a.client.is_some());
+            assert_eq!(a.known, Some(a.client.is_some()));
         }
         if te.flavour == ExchangeFlavour::StandardV2 {
             let stc = en.subject_token_client.as_ref().unwrap_or_else(|| panic!("subject-token client of {} resolved", e.id));
@@ -68,7 +68,7 @@ async fn every_token_exchange_is_resolved_from_the_snapshot() {
     // Probing for audiences that do not exist is recorded, and is outside any policy.
     let probe = te.iter().find(|e| e.token_exchange.as_ref().unwrap().audiences == ["vault-api"]).unwrap();
     let en = probe.enrichment.as_ref().unwrap();
-    assert!(!en.audiences[0].known);
+    assert_eq!(en.audiences[0].known, Some(false));
     assert_eq!(en.policy.as_ref().unwrap().within_policy, Within::No);
 }
 

@@ -1,11 +1,13 @@
 //! The enrichment stage: who exchanged, for whom, for which audiences, and whether the realm allows it.
 //!
 //! Runs in the pipeline's central stage on accepted events, before they reach the sinks. Every answer
-//! comes from a [`DirectoryHandle`] (snapshot folder or realm exports). A miss (deleted user, unknown
+//! comes from the sources in `resolve.rs`, in order of preference: the live admin API, then a snapshot
+//! folder or realm exports. A miss (deleted user, unknown
 //! client, unknown realm) never blocks or drops the event: the event carries `enrichment.status` and
 //! the reasons, and a metric counts it.
 
 pub mod policy;
+pub mod resolve;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,9 +18,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::directory::model::{ClientRep, UserRep};
-use crate::directory::{Directory, DirectoryHandle, DirectorySpec, RealmDir};
+use crate::directory::{DirectoryHandle, DirectorySpec};
 use crate::event::*;
+use crate::keycloak_api::{AdminApi, AdminApiOptions};
 use crate::metrics::Metrics;
+use resolve::{Chain, Res, Source};
 
 /// `[enrich]`: where directory facts come from and what to add.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
@@ -35,6 +39,8 @@ pub struct EnrichOptions {
     pub user_attributes: Vec<String>,
     /// What makes a user privileged.
     pub privileged: PrivilegedOptions,
+    /// The live Keycloak Admin REST API, preferred over the files when configured.
+    pub admin_api: AdminApiOptions,
 }
 
 /// A user is privileged when any rule matches.
@@ -75,36 +81,48 @@ impl EnrichOptions {
 /// Adds directory context to events.
 pub struct Enricher {
     opts: EnrichOptions,
-    dir: DirectoryHandle,
+    sources: Vec<Source>,
     metrics: Metrics,
 }
 
 impl Enricher {
-    /// `None` when no directory source is configured.
+    /// `None` when no source is configured.
     pub fn from_options(opts: &EnrichOptions, metrics: Metrics) -> anyhow::Result<Option<Arc<Enricher>>> {
-        let Some(spec) = opts.spec() else { return Ok(None) };
-        let dir = DirectoryHandle::open(spec, Duration::from_secs(opts.reload_check_secs))?;
-        Ok(Some(Arc::new(Enricher { opts: opts.clone(), dir, metrics })))
-    }
-
-    /// Enrich a batch against one consistent directory version.
-    pub fn enrich_all<'a>(&self, events: impl Iterator<Item = &'a mut AuditEvent>) {
-        let dir = self.dir.get();
-        for e in events {
-            self.enrich_with(&dir, e);
+        let mut sources = Vec::new();
+        if opts.admin_api.url.is_some() {
+            let p = &opts.privileged;
+            let want_roles = !p.realm_roles.is_empty() || !p.client_roles.is_empty() || !p.groups.is_empty();
+            sources.push(Source::Api(Arc::new(AdminApi::new(&opts.admin_api, want_roles)?)));
         }
+        if let Some(spec) = opts.spec() {
+            sources.push(Source::Directory(DirectoryHandle::open(spec, Duration::from_secs(opts.reload_check_secs))?));
+        }
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(Enricher { opts: opts.clone(), sources, metrics })))
     }
 
-    pub fn enrich(&self, ev: &mut AuditEvent) {
-        let dir = self.dir.get();
-        self.enrich_with(&dir, ev);
+    /// Enrich a batch: lookups for different events run concurrently (the admin API's cache coalesces
+    /// repeats), and the directory is pinned to one version for the whole batch.
+    pub async fn enrich_all<'e>(&self, events: impl IntoIterator<Item = &'e mut AuditEvent>) {
+        let chain = Chain::new(&self.sources);
+        let source = chain.describe();
+        futures::future::join_all(events.into_iter().map(|e| self.enrich_with(&chain, &source, e))).await;
     }
 
-    fn enrich_with(&self, dir: &Directory, ev: &mut AuditEvent) {
+    /// Enrich one event.
+    pub async fn enrich(&self, ev: &mut AuditEvent) {
+        let chain = Chain::new(&self.sources);
+        let source = chain.describe();
+        self.enrich_with(&chain, &source, ev).await;
+    }
+
+    async fn enrich_with(&self, chain: &Chain<'_>, source: &str, ev: &mut AuditEvent) {
         let mut en = Enrichment {
             status: EnrichmentStatus::Enriched,
             misses: Vec::new(),
-            source: Some(dir.source.clone()),
+            source: Some(source.to_string()),
             exchanger: None,
             subject: None,
             audiences: Vec::new(),
@@ -112,91 +130,107 @@ impl Enricher {
             impersonator: None,
             policy: None,
         };
-        let realm_key = ev.realm.id.clone().or_else(|| ev.realm.name.clone()).or_else(|| ev.admin.as_ref().and_then(|a| a.auth.realm_id.clone()));
-        let realm = realm_key.as_deref().and_then(|k| dir.realm(k)).or_else(|| ev.realm.name.as_deref().and_then(|n| dir.realm(n)));
-        let Some(realm) = realm else {
-            en.status = EnrichmentStatus::NotEnriched;
-            en.misses.push(match realm_key {
-                Some(k) => format!("realm {k} is not in the directory"),
-                None => "the event names no realm".into(),
-            });
-            self.count(&en);
-            ev.enrichment = Some(en);
-            return;
-        };
-        // Fill the realm identifier the format did not give.
-        if ev.kind == EventKind::User || ev.realm.id.is_some() || ev.realm.name.is_some() {
-            if ev.realm.name.is_none() {
-                ev.realm.name = realm.name.clone();
+        let mut resolved_any = false;
+        let realm_key = ev.realm.id.clone().or_else(|| ev.realm.name.clone());
+        let realm = match &realm_key {
+            Some(k) => match chain.realm(k).await {
+                Res::Found(r) => Some(r),
+                Res::Missing(m) | Res::Unavailable(m) => {
+                    en.misses.push(m);
+                    None
+                }
+            },
+            None if ev.kind == EventKind::Admin => None,
+            None => {
+                en.misses.push("the event names no realm".into());
+                None
             }
+        };
+        if let Some(r) = &realm {
+            resolved_any = true;
+            // Fill the realm identifier the format did not give.
+            ev.realm.name.get_or_insert_with(|| r.name.clone());
             if ev.realm.id.is_none() {
-                ev.realm.id = realm.id.clone();
+                ev.realm.id = r.id.clone();
             }
         }
-
         if ev.kind == EventKind::Admin {
-            self.enrich_admin(dir, ev, &mut en);
-        } else {
+            resolved_any |= self.enrich_admin(chain, ev, &mut en).await;
+        } else if let Some(realm) = &realm {
             if let Some(cid) = ev.client_id.clone() {
-                en.exchanger = self.client(realm, &cid, "client", &mut en.misses);
+                en.exchanger = self.note(chain.client(realm, &cid).await, &mut en.misses).map(|c| client_info(&c));
             }
             if let Some(uid) = ev.subject.id.clone() {
-                match realm.user(&uid).or_else(|| ev.subject.username.as_deref().and_then(|u| realm.user_by_username(u))) {
-                    Some(u) => en.subject = Some(self.user_info(u)),
-                    None => en.misses.push(format!("user {uid} not found (deleted, or not in the directory)")),
-                }
+                en.subject = self.note(chain.user(realm, &uid).await, &mut en.misses).map(|u| self.user_info(&u));
             }
             if let Some(te) = ev.token_exchange.clone() {
                 for a in &te.audiences {
-                    let client = realm.client(a).map(|c| client_info(c));
-                    en.audiences.push(AudienceInfo { audience: a.clone(), known: client.is_some(), client });
+                    let (known, client) = match chain.client(realm, a).await {
+                        Res::Found(c) => (Some(true), Some(client_info(&c))),
+                        Res::Missing(_) => (Some(false), None),
+                        Res::Unavailable(m) => {
+                            en.misses.push(m);
+                            (None, None)
+                        }
+                    };
+                    en.audiences.push(AudienceInfo { audience: a.clone(), known, client });
                 }
                 if let Some(stc) = &te.subject_token_client_id {
-                    en.subject_token_client = self.client(realm, stc, "subject-token client", &mut en.misses);
+                    en.subject_token_client = self.note(chain.client(realm, stc).await, &mut en.misses).map(|c| client_info(&c));
                 }
                 if let Some(imp) = &te.impersonator {
-                    match realm.user_by_username(imp) {
-                        Some(u) => en.impersonator = Some(self.user_info(u)),
-                        None => en.misses.push(format!("impersonator {imp} not found")),
-                    }
+                    en.impersonator = self.note(chain.user_by_username(realm, imp).await, &mut en.misses).map(|u| self.user_info(&u));
                 }
-                en.policy = Some(policy::verdict(realm, ev, &te));
+                let exchanger = match &ev.client_id {
+                    Some(cid) => match chain.client(realm, cid).await {
+                        Res::Found(c) => Some(c),
+                        _ => None,
+                    },
+                    None => None,
+                };
+                en.policy = Some(policy::verdict(
+                    &realm.name,
+                    ev.client_id.as_deref().unwrap_or("?"),
+                    exchanger.as_deref(),
+                    &en.audiences,
+                    |name| chain.client_scope(realm, name),
+                    &te,
+                ));
             }
         }
         if !en.misses.is_empty() {
-            en.status = if en.exchanger.is_some() || en.subject.is_some() { EnrichmentStatus::Partial } else { EnrichmentStatus::NotEnriched };
+            resolved_any |= en.exchanger.is_some() || en.subject.is_some();
+            en.status = if resolved_any { EnrichmentStatus::Partial } else { EnrichmentStatus::NotEnriched };
         }
         self.count(&en);
         ev.enrichment = Some(en);
     }
 
-    fn enrich_admin(&self, dir: &Directory, ev: &mut AuditEvent, en: &mut Enrichment) {
-        let Some(a) = ev.admin.as_ref() else { return };
-        // The acting administrator lives in the realm they authenticated in.
-        let auth_realm = a.auth.realm_id.as_deref().or(a.auth.realm_name.as_deref()).and_then(|k| dir.realm(k));
-        let Some(auth_realm) = auth_realm else {
-            en.misses.push("the administrator's realm is not in the directory".into());
-            return;
+    /// Admin events: the acting administrator and client live in the realm they authenticated in.
+    async fn enrich_admin(&self, chain: &Chain<'_>, ev: &AuditEvent, en: &mut Enrichment) -> bool {
+        let Some(a) = ev.admin.as_ref() else { return false };
+        let Some(key) = a.auth.realm_id.as_deref().or(a.auth.realm_name.as_deref()) else { return false };
+        let realm = match chain.realm(key).await {
+            Res::Found(r) => r,
+            Res::Missing(m) | Res::Unavailable(m) => {
+                en.misses.push(format!("administrator's {m}"));
+                return false;
+            }
         };
         if let Some(uuid) = &a.auth.client_uuid {
-            match auth_realm.client_by_uuid(uuid) {
-                Some(c) => en.exchanger = Some(client_info(c)),
-                None => en.misses.push(format!("admin client {uuid} not found")),
-            }
+            en.exchanger = self.note(chain.client_by_uuid(&realm, uuid).await, &mut en.misses).map(|c| client_info(&c));
         }
         if let Some(uid) = &a.auth.user_id {
-            match auth_realm.user(uid) {
-                Some(u) => en.subject = Some(self.user_info(u)),
-                None => en.misses.push(format!("administrator {uid} not found")),
-            }
+            en.subject = self.note(chain.user(&realm, uid).await, &mut en.misses).map(|u| self.user_info(&u));
         }
+        true
     }
 
-    fn client(&self, realm: &RealmDir, client_id: &str, what: &str, misses: &mut Vec<String>) -> Option<ClientInfo> {
-        match realm.client(client_id) {
-            Some(c) => Some(client_info(c)),
-            None => {
-                misses.push(format!("{what} {client_id} not found in realm {}", realm.name.as_deref().unwrap_or("?")));
+    fn note<T>(&self, r: Res<T>, misses: &mut Vec<String>) -> Option<T> {
+        match r {
+            Res::Found(v) => Some(v),
+            Res::Missing(m) | Res::Unavailable(m) => {
+                misses.push(m);
                 None
             }
         }

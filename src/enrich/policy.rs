@@ -7,33 +7,35 @@
 //! So the verdict is `yes` only when configuration proves it, `no` only when configuration rules it out,
 //! and `unknown` otherwise, with the reason. It never guesses.
 
-use crate::directory::model::audience_mapper_audiences;
-use crate::directory::RealmDir;
-use crate::event::{AuditEvent, PolicyVerdict, TokenExchange, Within};
+use crate::directory::model::{audience_mapper_audiences, ClientRep, ClientScopeRep};
+use crate::event::{AudienceInfo, PolicyVerdict, TokenExchange, Within};
 
-pub fn verdict(realm: &RealmDir, ev: &AuditEvent, te: &TokenExchange) -> PolicyVerdict {
+/// The verdict for one exchange. `exchanger` is the resolved client (None: not resolvable);
+/// `audiences` are the resolved audiences; `scope` looks up client-scope definitions (None when the
+/// sources do not carry them).
+pub fn verdict(
+    realm: &str,
+    name: &str,
+    exchanger: Option<&ClientRep>,
+    audiences: &[AudienceInfo],
+    scope: impl Fn(&str) -> Option<ClientScopeRep>,
+    te: &TokenExchange,
+) -> PolicyVerdict {
     let unknown = |reason: String| PolicyVerdict { within_policy: Within::Unknown, reason, allowed_audiences: None };
-    let Some(name) = ev.client_id.as_deref() else { return unknown("the event names no exchanger".into()) };
-    let Some(client) = realm.client(name) else { return unknown(format!("exchanger {name} is not in the directory")) };
-    if let Some(missing) = te.audiences.iter().find(|a| realm.client(a).is_none()) {
-        return PolicyVerdict {
-            within_policy: Within::No,
-            reason: format!("audience {missing} is not a client of realm {}", realm.name.as_deref().unwrap_or("?")),
-            allowed_audiences: None,
-        };
+    let Some(client) = exchanger else { return unknown(format!("exchanger {name} could not be resolved")) };
+    if let Some(missing) = audiences.iter().find(|a| a.known == Some(false)) {
+        return PolicyVerdict { within_policy: Within::No, reason: format!("audience {} is not a client of realm {realm}", missing.audience), allowed_audiences: None };
     }
     if te.requested_subject.is_some() {
-        return unknown(format!("{name} requested impersonation; impersonation permissions (fine-grained admin permissions) are not in this directory source"));
+        return unknown(format!("{name} requested impersonation; impersonation permissions (fine-grained admin permissions) are not in these sources"));
     }
     if !client.standard_token_exchange_enabled() {
-        return unknown(format!(
-            "{name} does not have standard token exchange enabled, so legacy V1 permissions govern it; they are not in this directory source"
-        ));
+        return unknown(format!("{name} does not have standard token exchange enabled, so legacy V1 permissions govern it; they are not in these sources"));
     }
     let mut allowed = client.audience_mapper_audiences();
     let mut complete = true;
-    for scope in client.default_client_scopes.iter().chain(&client.optional_client_scopes) {
-        match realm.client_scope(scope) {
+    for name in client.default_client_scopes.iter().chain(&client.optional_client_scopes) {
+        match scope(name) {
             Some(s) => {
                 allowed.extend(audience_mapper_audiences(&s.protocol_mappers));
                 if s.protocol_mappers.iter().any(|m| m.protocol_mapper.as_deref() == Some("oidc-audience-resolve-mapper")) {

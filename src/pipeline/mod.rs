@@ -393,7 +393,7 @@ impl Central {
             }
         }
         if let Some(en) = &self.enricher {
-            en.enrich_all(fresh.iter_mut().map(|(_, e)| &mut **e));
+            en.enrich_all(fresh.iter_mut().map(|(_, e)| &mut **e)).await;
         }
         let accepted: Vec<(usize, Arc<AuditEvent>)> = fresh
             .into_iter()

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod fake_keycloak;
+
 use std::path::{Path, PathBuf};
 
 use kcaudit::config::Config;

@@ -129,23 +129,7 @@ impl Default for AuthOptions {
 impl AuthOptions {
     /// Read the secret from wherever it is configured.
     pub fn secret(&self) -> Result<Vec<u8>, String> {
-        let found: Option<Vec<u8>> = if let Some(path) = &self.secret_file {
-            let v = std::fs::read(path).map_err(|e| format!("cannot read secret_file {}: {e}", path.display()))?;
-            let trimmed = v.strip_suffix(b"\n").map(|v| v.strip_suffix(b"\r").unwrap_or(v)).unwrap_or(&v);
-            Some(trimmed.to_vec())
-        } else if let Some(s) = &self.secret {
-            Some(s.clone().into_bytes())
-        } else if let Some(var) = &self.secret_env {
-            let v = std::env::var(var).map_err(|_| format!("environment variable {var} (secret_env) is not set"))?;
-            Some(v.into_bytes())
-        } else {
-            None
-        };
-        match found {
-            Some(s) if !s.is_empty() => Ok(s),
-            Some(_) => Err("the configured secret is empty".into()),
-            None => Err("no secret configured: set secret_env (or secret_file)".into()),
-        }
+        crate::config::read_secret(self.secret_file.as_deref(), self.secret.as_deref(), self.secret_env.as_deref())
     }
 
     pub fn problems(&self, key: &str) -> Vec<Problem> {
