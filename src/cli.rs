@@ -185,12 +185,18 @@ fn init_logging(c: &Config) {
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let running = crate::server::start(&config).await?;
-    tracing::info!(
-        listen = %running.addr,
-        audit_log = %config.data_path(&config.sinks.audit_log.path).display(),
-        dead_letters = %config.data_path(&config.dead_letter.path).display(),
-        "kcaudit is listening: POST Keycloak events to http://{}/v1/events", running.addr
-    );
+    match running.webhook_addr {
+        Some(addr) => tracing::info!(
+            listen = %addr,
+            audit_log = %config.data_path(&config.sinks.audit_log.path).display(),
+            dead_letters = %config.data_path(&config.dead_letter.path).display(),
+            "kcaudit is listening: POST Keycloak events to http://{addr}/v1/events"
+        ),
+        None => tracing::info!(audit_log = %config.data_path(&config.sinks.audit_log.path).display(), "kcaudit is running (webhook disabled)."),
+    }
+    if config.poll.enabled {
+        tracing::info!(realms = ?config.poll.realms, every_secs = config.poll.interval_secs, "Polling stored events through the admin API.");
+    }
     running.wait(shutdown_signal()).await?;
     tracing::info!("kcaudit stopped; every accepted event was delivered or dead-lettered.");
     Ok(ExitCode::SUCCESS)

@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::DecodeOptions;
 use crate::enrich::EnrichOptions;
+use crate::keycloak_api::{AdminApi, AdminApiOptions};
 use crate::pipeline::{DedupOptions, PipelineOptions};
 use crate::sinks::file::AuditLogOptions;
 use crate::sinks::{BatchOptions, RetryOptions};
+use crate::sources::admin_poll::PollOptions;
 use crate::sources::webhook::config::WebhookOptions;
 
 /// The whole configuration file.
@@ -29,6 +31,8 @@ pub struct Config {
     pub webhook: WebhookOptions,
     pub decode: DecodeOptions,
     pub enrich: EnrichOptions,
+    pub admin_api: AdminApiOptions,
+    pub poll: PollOptions,
     pub dedup: DedupOptions,
     pub pipeline: PipelineOptions,
     pub dead_letter: DeadLetterOptions,
@@ -43,6 +47,8 @@ impl Default for Config {
             webhook: WebhookOptions::default(),
             decode: DecodeOptions::default(),
             enrich: EnrichOptions::default(),
+            admin_api: AdminApiOptions::default(),
+            poll: PollOptions::default(),
             dedup: DedupOptions::default(),
             pipeline: PipelineOptions::default(),
             dead_letter: DeadLetterOptions::default(),
@@ -198,8 +204,37 @@ impl Config {
                 p.push(Problem { key: "enrich.realm_exports".into(), message: format!("{} does not exist", f.display()), is_error: true });
             }
         }
+        if self.poll.enabled {
+            if self.admin_api.url.is_none() {
+                p.push(Problem { key: "poll.enabled".into(), message: "polling needs [admin_api] url and credentials".into(), is_error: true });
+            }
+            if self.poll.realms.is_empty() {
+                p.push(Problem { key: "poll.realms".into(), message: "list the realms to poll".into(), is_error: true });
+            }
+        }
+        if !self.webhook.enabled && !self.poll.enabled {
+            p.push(Problem { key: "webhook.enabled".into(), message: "no source is enabled: `kcaudit serve` would receive nothing".into(), is_error: false });
+        }
+        if self.admin_api.url.is_some() {
+            if let Err(e) = self.admin_api.secret() {
+                p.push(Problem { key: "admin_api.client_secret_env".into(), message: e, is_error: true });
+            }
+        }
         p.extend(self.webhook.problems());
         p
+    }
+
+    /// The shared admin API client, when `[admin_api].url` is set.
+    pub fn admin_api_client(&self) -> anyhow::Result<Option<std::sync::Arc<AdminApi>>> {
+        if self.admin_api.url.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(std::sync::Arc::new(AdminApi::new(&self.admin_api, self.enrich.wants_roles())?)))
+    }
+
+    /// The enrichment stage this config asks for (None: no source configured).
+    pub fn enricher(&self, api: Option<std::sync::Arc<AdminApi>>, metrics: crate::metrics::Metrics) -> anyhow::Result<Option<std::sync::Arc<crate::enrich::Enricher>>> {
+        crate::enrich::Enricher::from_options(&self.enrich, api, metrics)
     }
 
     /// `path` resolved against `data_dir` when relative.

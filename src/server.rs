@@ -13,10 +13,11 @@ use crate::sinks::stdout::StdoutSink;
 use crate::sources::webhook::{self, WebhookState};
 
 pub struct Running {
-    pub addr: SocketAddr,
+    /// Where the webhook listens (None when `webhook.enabled = false`).
+    pub webhook_addr: Option<SocketAddr>,
     pub pipeline: PipelineHandle,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    stop: tokio::sync::oneshot::Sender<()>,
+    sources: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    stop: tokio::sync::watch::Sender<bool>,
     pipeline_owner: Pipeline,
 }
 
@@ -35,38 +36,77 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
     Ok(sinks)
 }
 
-/// Start the pipeline and the webhook listener.
+/// Start the pipeline and the enabled sources (webhook listener, admin-API poller).
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let dlq = DeadLetterStore::open(&config.data_path(&config.dead_letter.path))?;
     let metrics = Metrics::new();
-    let enricher = crate::enrich::Enricher::from_options(&config.enrich, metrics.clone())?;
+    let api = config.admin_api_client()?;
+    let enricher = config.enricher(api.clone(), metrics.clone())?;
     let pipeline = Pipeline::start_with(sinks(config)?, enricher, dlq, metrics, &config.dedup, &config.pipeline);
-    let state = WebhookState::new(&config.webhook, &config.decode, pipeline.handle())?;
-    let listener = tokio::net::TcpListener::bind(&config.webhook.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.webhook.listen))?;
-    let addr = listener.local_addr()?;
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let grace = Duration::from_secs(config.webhook.shutdown_grace_secs);
-    let server = tokio::spawn(webhook::serve(listener, state, async move { let _ = stop_rx.await; }, grace));
-    Ok(Running { addr, pipeline: pipeline.handle(), server, stop, pipeline_owner: pipeline })
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut sources = Vec::new();
+    let mut webhook_addr = None;
+    if config.webhook.enabled {
+        let state = WebhookState::new(&config.webhook, &config.decode, pipeline.handle())?;
+        let listener = tokio::net::TcpListener::bind(&config.webhook.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.webhook.listen))?;
+        webhook_addr = Some(listener.local_addr()?);
+        let grace = Duration::from_secs(config.webhook.shutdown_grace_secs);
+        sources.push(("webhook", tokio::spawn(webhook::serve(listener, state, stopped(), grace))));
+    }
+    if config.poll.enabled {
+        let api = api.ok_or_else(|| anyhow::anyhow!("poll.enabled needs [admin_api] url"))?;
+        let poller = crate::sources::admin_poll::Poller {
+            api,
+            opts: config.poll.clone(),
+            decode: config.decode.clone(),
+            cursor_path: config.data_path(&config.poll.cursor_file),
+            pipeline: pipeline.handle(),
+        };
+        sources.push(("admin_poll", tokio::spawn(poller.run(stopped()))));
+    }
+    Ok(Running { webhook_addr, pipeline: pipeline.handle(), sources, stop, pipeline_owner: pipeline })
 }
 
 impl Running {
-    /// Run until `signal`, then shut down gracefully: stop accepting, drain requests (up to
-    /// `webhook.shutdown_grace_secs`), flush sinks.
+    /// Run until `signal`, then shut down gracefully: stop the sources (the webhook drains in-flight
+    /// requests for up to `webhook.shutdown_grace_secs`), then flush the sinks.
     pub async fn wait(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let Running { server, stop, pipeline_owner, pipeline, .. } = self;
-        tokio::pin!(server);
+        let Running { sources, stop, pipeline_owner, pipeline, .. } = self;
+        let mut watch: futures::stream::FuturesUnordered<_> =
+            sources.into_iter().map(|(name, h)| async move { (name, h.await) }).collect();
+        use futures::StreamExt;
+        tokio::pin!(signal);
+        let mut failure = None;
         tokio::select! {
-            r = &mut server => { r??; anyhow::bail!("the webhook server stopped unexpectedly"); }
-            _ = signal => {}
+            Some((name, r)) = watch.next() => {
+                failure = Some(match r {
+                    Ok(Ok(())) => anyhow::anyhow!("the {name} source stopped unexpectedly"),
+                    Ok(Err(e)) => e.context(format!("the {name} source failed")),
+                    Err(e) => anyhow::anyhow!("the {name} source panicked: {e}"),
+                });
+            }
+            _ = &mut signal => {}
         }
-        let _ = stop.send(());
-        server.await??;
+        pipeline.begin_shutdown();
+        let _ = stop.send(true);
+        while let Some((name, r)) = watch.next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(source = name, error = format!("{e:#}"), "Source failed while stopping."),
+                Err(e) => tracing::error!(source = name, error = %e, "Source task failed while stopping."),
+            }
+        }
         drop(pipeline);
         pipeline_owner.shutdown().await;
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Shut down now (tests).

@@ -11,17 +11,17 @@ use common::fake_keycloak::{self, FakeKeycloak};
 use common::*;
 use kcaudit::dead_letter::DeadLetterStore;
 use kcaudit::decode::Format;
-use kcaudit::enrich::{EnrichOptions, Enricher};
+use kcaudit::enrich::Enricher;
 use kcaudit::event::{AuditEvent, EnrichmentStatus};
 use kcaudit::metrics::Metrics;
 
 fn api_sets(url: &str, secret_file: &std::path::Path) -> Vec<String> {
     vec![
-        format!("enrich.admin_api.url={url:?}"),
-        format!("enrich.admin_api.client_secret_file={:?}", secret_file.display().to_string()),
-        "enrich.admin_api.breaker_open_secs=1".into(),
-        "enrich.admin_api.timeout_ms=500".into(),
-        "enrich.admin_api.requests_per_second=1000".into(),
+        format!("admin_api.url={url:?}"),
+        format!("admin_api.client_secret_file={:?}", secret_file.display().to_string()),
+        "admin_api.breaker_open_secs=1".into(),
+        "admin_api.timeout_ms=500".into(),
+        "admin_api.requests_per_second=1000".into(),
     ]
 }
 
@@ -95,7 +95,7 @@ async fn an_outage_marks_events_not_enriched_and_enrichment_resumes() {
     let sf = secret_file(dir.path(), fake_keycloak::CLIENT_SECRET);
     let config = temp_config(dir.path(), &api_sets(&kc.url(), &sf).iter().map(String::as_str).collect::<Vec<_>>());
     let metrics = Metrics::new();
-    let enricher = Enricher::from_options(&config.enrich, metrics.clone()).unwrap();
+    let enricher = config.enricher(config.admin_api_client().unwrap(), metrics.clone()).unwrap();
     let out = dir.path().join("out.jsonl");
     let pipeline = kcaudit::pipeline::Pipeline::start_with(
         vec![kcaudit::pipeline::SinkSpec {
@@ -150,7 +150,7 @@ async fn a_slow_api_falls_back_to_the_snapshot() {
     let mut sets = api_sets(&kc.url(), &sf);
     sets.push(format!("enrich.directory={:?}", fixture("keycloak/admin-api").display().to_string()));
     let config = temp_config(dir.path(), &sets.iter().map(String::as_str).collect::<Vec<_>>());
-    let en: Arc<Enricher> = Enricher::from_options(&EnrichOptions { ..config.enrich.clone() }, Metrics::new()).unwrap().unwrap();
+    let en: Arc<Enricher> = config.enricher(config.admin_api_client().unwrap(), Metrics::new()).unwrap().unwrap();
     let items = event("s1", "cd3adec8-6fdc-414d-9093-31ddbb37ec99");
     let kcaudit::decode::Decoded::Event(mut ev) = items.into_iter().next().unwrap().decoded else { panic!() };
     en.enrich(&mut ev).await;

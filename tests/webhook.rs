@@ -50,18 +50,11 @@ async fn post(url: &str, headers: &[(String, String)], body: Vec<u8>) -> (u16, V
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-fn signed(body: &str) -> Vec<(String, String)> {
-    vec![
-        ("Content-Type".into(), "application/json".into()),
-        ("X-Keycloak-Signature".into(), kcaudit::sources::webhook::auth::sign_sha256(SECRET.as_bytes(), body.as_bytes())),
-    ]
-}
-
 #[tokio::test]
 async fn recorded_delivery_is_accepted_and_in_the_audit_log_before_the_response() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(dir.path(), &[]).await;
-    let url = format!("http://{}/v1/events", srv.addr);
+    let url = format!("http://{}/v1/events", srv.webhook_addr.unwrap());
     let (headers, body) = deliveries().remove(1);
     let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
     let (status, resp) = post(&url, &headers, body.clone().into_bytes()).await;
@@ -86,7 +79,7 @@ async fn recorded_delivery_is_accepted_and_in_the_audit_log_before_the_response(
 async fn signatures_tampered_missing_uppercase() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(dir.path(), &[]).await;
-    let url = format!("http://{}/v1/events", srv.addr);
+    let url = format!("http://{}/v1/events", srv.webhook_addr.unwrap());
     let (headers, body) = deliveries().remove(0);
 
     let tampered = body.replace("203.0.113.66", "192.0.2.99");
@@ -117,7 +110,7 @@ async fn signatures_tampered_missing_uppercase() {
 async fn batch_bodies_array_ndjson_and_gzip() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(dir.path(), &["webhook.auth.mode=\"none\""]).await;
-    let url = format!("http://{}/v1/events", srv.addr);
+    let url = format!("http://{}/v1/events", srv.webhook_addr.unwrap());
     let ndjson = std::fs::read_to_string(fixture("keycloak/keycloak-kafka-events.jsonl")).unwrap();
     let (status, resp) = post(&url, &[], ndjson.clone().into_bytes()).await;
     assert_eq!(status, 200, "{resp}");
@@ -158,7 +151,7 @@ async fn batch_bodies_array_ndjson_and_gzip() {
 async fn oversize_and_decompression_bombs_get_413() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(dir.path(), &["webhook.auth.mode=\"none\"", "webhook.max_body_bytes=4096", "webhook.max_decompressed_bytes=8192"]).await;
-    let url = format!("http://{}/v1/events", srv.addr);
+    let url = format!("http://{}/v1/events", srv.webhook_addr.unwrap());
     let (status, _) = post(&url, &[], vec![b' '; 5000]).await;
     assert_eq!(status, 413);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -174,7 +167,7 @@ async fn oversize_and_decompression_bombs_get_413() {
 async fn concurrent_senders_lose_nothing_and_counts_add_up() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(dir.path(), &["webhook.auth.mode=\"bearer\""]).await;
-    let url = format!("http://{}/v1/events", srv.addr);
+    let url = format!("http://{}/v1/events", srv.webhook_addr.unwrap());
     let senders: usize = 16;
     let per_sender: usize = 25;
     let mut tasks = Vec::new();
@@ -216,7 +209,7 @@ async fn concurrent_senders_lose_nothing_and_counts_add_up() {
     assert_eq!(r.status().as_u16(), 401);
 
     // The metrics agree with what was sent.
-    let metrics = reqwest::get(format!("http://{}/metrics", srv.addr)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", srv.webhook_addr.unwrap())).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("kcaudit_events_accepted_total 400"), "{metrics}");
     assert!(metrics.contains(r#"kcaudit_events_delivered_total{sink="audit_log"} 400"#));
     assert!(metrics.contains("kcaudit_webhook_request_duration_seconds_bucket"));
@@ -227,7 +220,7 @@ async fn concurrent_senders_lose_nothing_and_counts_add_up() {
 async fn health_readiness_and_method_checks() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(dir.path(), &["webhook.auth.mode=\"none\""]).await;
-    let base = format!("http://{}", srv.addr);
+    let base = format!("http://{}", srv.webhook_addr.unwrap());
     assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status().as_u16(), 200);
     assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status().as_u16(), 200);
     assert_eq!(reqwest::get(format!("{base}/v1/events")).await.unwrap().status().as_u16(), 405);

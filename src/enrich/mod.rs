@@ -20,12 +20,12 @@ use serde::{Deserialize, Serialize};
 use crate::directory::model::{ClientRep, UserRep};
 use crate::directory::{DirectoryHandle, DirectorySpec};
 use crate::event::*;
-use crate::keycloak_api::{AdminApi, AdminApiOptions};
+use crate::keycloak_api::AdminApi;
 use crate::metrics::Metrics;
 use resolve::{Chain, Res, Source};
 
 /// `[enrich]`: where directory facts come from and what to add.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnrichOptions {
     /// A directory snapshot folder (`realms.json`, `<realm>.clients.json`, `<realm>.users.json`), as
@@ -39,8 +39,9 @@ pub struct EnrichOptions {
     pub user_attributes: Vec<String>,
     /// What makes a user privileged.
     pub privileged: PrivilegedOptions,
-    /// The live Keycloak Admin REST API, preferred over the files when configured.
-    pub admin_api: AdminApiOptions,
+    /// Use the live Keycloak Admin REST API (`[admin_api]`) when it is configured; it is preferred over
+    /// the files, which serve while it is unavailable.
+    pub use_admin_api: bool,
 }
 
 /// A user is privileged when any rule matches.
@@ -68,7 +69,26 @@ impl Default for PrivilegedOptions {
     }
 }
 
+impl Default for EnrichOptions {
+    fn default() -> Self {
+        EnrichOptions {
+            directory: None,
+            realm_exports: Vec::new(),
+            reload_check_secs: 5,
+            user_attributes: Vec::new(),
+            privileged: PrivilegedOptions::default(),
+            use_admin_api: true,
+        }
+    }
+}
+
 impl EnrichOptions {
+    /// Whether privilege rules need role mappings and groups from the admin API.
+    pub fn wants_roles(&self) -> bool {
+        let p = &self.privileged;
+        !p.realm_roles.is_empty() || !p.client_roles.is_empty() || !p.groups.is_empty()
+    }
+
     pub fn spec(&self) -> Option<DirectorySpec> {
         match (&self.directory, self.realm_exports.is_empty()) {
             (Some(d), _) => Some(DirectorySpec::Snapshot(d.clone())),
@@ -86,13 +106,11 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    /// `None` when no source is configured.
-    pub fn from_options(opts: &EnrichOptions, metrics: Metrics) -> anyhow::Result<Option<Arc<Enricher>>> {
+    /// `None` when no source is configured. `api` is the shared admin API client, if configured.
+    pub fn from_options(opts: &EnrichOptions, api: Option<Arc<AdminApi>>, metrics: Metrics) -> anyhow::Result<Option<Arc<Enricher>>> {
         let mut sources = Vec::new();
-        if opts.admin_api.url.is_some() {
-            let p = &opts.privileged;
-            let want_roles = !p.realm_roles.is_empty() || !p.client_roles.is_empty() || !p.groups.is_empty();
-            sources.push(Source::Api(Arc::new(AdminApi::new(&opts.admin_api, want_roles)?)));
+        if let Some(api) = api.filter(|_| opts.use_admin_api) {
+            sources.push(Source::Api(api));
         }
         if let Some(spec) = opts.spec() {
             sources.push(Source::Directory(DirectoryHandle::open(spec, Duration::from_secs(opts.reload_check_secs))?));

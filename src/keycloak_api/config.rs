@@ -1,4 +1,4 @@
-//! `[enrich.admin_api]`: the live Keycloak Admin REST API as a source of truth.
+//! `[admin_api]`: the live Keycloak Admin REST API, used by enrichment and by the polling source.
 
 use std::path::PathBuf;
 

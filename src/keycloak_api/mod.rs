@@ -86,8 +86,8 @@ impl AdminApi {
     /// `want_roles`: also fetch each user's role mappings and groups (needed for role- or group-based
     /// privilege rules; one extra request per user, cached with the user).
     pub fn new(opts: &AdminApiOptions, want_roles: bool) -> anyhow::Result<AdminApi> {
-        let base = opts.url.clone().ok_or_else(|| anyhow::anyhow!("enrich.admin_api.url is not set"))?.trim_end_matches('/').to_string();
-        let secret = opts.secret().map_err(|e| anyhow::anyhow!("enrich.admin_api client secret: {e}"))?;
+        let base = opts.url.clone().ok_or_else(|| anyhow::anyhow!("admin_api.url is not set"))?.trim_end_matches('/').to_string();
+        let secret = opts.secret().map_err(|e| anyhow::anyhow!("admin_api client secret: {e}"))?;
         let mut http = reqwest::Client::builder().timeout(Duration::from_millis(opts.timeout_ms)).user_agent(concat!("kcaudit/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &opts.ca_file {
             let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ca.display()))?;
@@ -154,6 +154,56 @@ impl AdminApi {
             Fetched::User(u) => Some(u),
             _ => None,
         })
+    }
+
+    /// One page of stored events (`admin = false`: `GET /events`; true: `GET /admin-events`), oldest
+    /// first, from `from_ms` inclusive. Never cached.
+    pub async fn events_page(&self, realm: &str, admin: bool, from_ms: i64, first: usize, max: usize, filters: &[(&str, String)]) -> Result<Vec<Value>, ApiError> {
+        let mut path = format!(
+            "/admin/realms/{}/{}?dateFrom={from_ms}&direction=asc&first={first}&max={max}",
+            urlencoding::encode(realm),
+            if admin { "admin-events" } else { "events" }
+        );
+        for (k, v) in filters {
+            path.push_str(&format!("&{k}={}", urlencoding::encode(v)));
+        }
+        match self.get::<Vec<Value>>(&path).await? {
+            Some(v) => Ok(v),
+            None => Err(ApiError::Unavailable(format!("realm {realm} not found (HTTP 404 on {path})"))),
+        }
+    }
+
+    /// Every client of a realm (for `kcaudit directory sync`), secrets dropped.
+    pub async fn all_clients(&self, realm: &str) -> Result<Vec<ClientRep>, ApiError> {
+        let mut out = Vec::new();
+        let page = 100;
+        loop {
+            let path = format!("/admin/realms/{}/clients?first={}&max={page}", urlencoding::encode(realm), out.len());
+            let batch: Vec<ClientRep> = self.get(&path).await?.unwrap_or_default();
+            let n = batch.len();
+            out.extend(batch.into_iter().map(|mut c| {
+                c.secret = None;
+                c
+            }));
+            if n < page {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Every user of a realm (for `kcaudit directory sync`), paged.
+    pub async fn all_users(&self, realm: &str) -> Result<Vec<UserRep>, ApiError> {
+        let mut out = Vec::new();
+        let page = 200;
+        loop {
+            let path = format!("/admin/realms/{}/users?first={}&max={page}&briefRepresentation=false", urlencoding::encode(realm), out.len());
+            let batch: Vec<UserRep> = self.get(&path).await?.unwrap_or_default();
+            let n = batch.len();
+            out.extend(batch);
+            if n < page {
+                return Ok(out);
+            }
+        }
     }
 
     /// Cache with coalescing: concurrent callers of one key share one request.

@@ -102,7 +102,7 @@ pub async fn run(config: &Config, req: &ReplayRequest) -> anyhow::Result<ReplayR
         None => Box::new(StdoutSink),
     };
     let metrics = Metrics::new();
-    let enricher = crate::enrich::Enricher::from_options(&config.enrich, metrics.clone())?;
+    let enricher = config.enricher(config.admin_api_client()?, metrics.clone())?;
     let pipeline = Pipeline::start_with(
         vec![SinkSpec { sink, batch: BatchOptions { max_events: 4096, max_wait_ms: 5, queue_capacity: 8192 }, retry: RetryOptions::default() }],
         enricher,
