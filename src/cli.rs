@@ -60,12 +60,32 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE")]
         inputs: Vec<String>,
     },
+    /// Directory snapshots for enrichment.
+    Directory {
+        #[command(subcommand)]
+        action: DirectoryAction,
+    },
     /// Check a configuration and explain every problem.
     Validate(ConfigArgs),
     /// Print a JSON Schema: `event` (the canonical audit event), `config`, or `dead-letter`.
     Schema {
         #[arg(value_parser = ["event", "config", "dead-letter"])]
         which: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DirectoryAction {
+    /// Write a snapshot (realms.json, <realm>.clients.json, <realm>.users.json) from the live admin API.
+    Sync {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Output folder (use it as enrich.directory).
+        #[arg(long, short = 'o', value_name = "DIR")]
+        out: PathBuf,
+        /// Only these realms (repeatable; default: every realm the service account can see).
+        #[arg(long = "realm", value_name = "NAME")]
+        realms: Vec<String>,
     },
 }
 
@@ -82,6 +102,15 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate(args) => validate(&args),
+        Command::Directory { action: DirectoryAction::Sync { config, out, realms } } => with_config(&config, |c| {
+            let api = c.admin_api_client()?.ok_or_else(|| anyhow::anyhow!("set admin_api.url (and its credentials) to sync from Keycloak"))?;
+            let summary = runtime()?.block_on(crate::directory::sync::sync(&api, &out, &realms))?;
+            for r in &summary.realms {
+                eprintln!("kcaudit directory sync: {}: {} clients, {} users{}", r.realm, r.clients, r.users, r.client_scopes.map(|n| format!(", {n} client scopes")).unwrap_or_default());
+            }
+            eprintln!("kcaudit directory sync: snapshot written to {} (use it with --set enrich.directory={})", out.display(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Serve(args) => with_config(&args, |c| runtime()?.block_on(serve(c))),
         Command::Replay { mut config, format, out, report, directory, realm_export, fail_on_reject, quiet, inputs } => {
             if let Some(d) = directory {

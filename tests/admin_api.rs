@@ -158,3 +158,32 @@ async fn a_slow_api_falls_back_to_the_snapshot() {
     assert_eq!(e.status, EnrichmentStatus::Enriched, "{:?}", e.misses);
     assert_eq!(e.subject.as_ref().unwrap().username.as_deref(), Some("alice.nguyen"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_sync_writes_a_snapshot_that_enriches_the_same() {
+    let kc = FakeKeycloak::start(fixture("keycloak/admin-api")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sf = secret_file(dir.path(), fake_keycloak::CLIENT_SECRET);
+    let config = temp_config(dir.path(), &api_sets(&kc.url(), &sf).iter().map(String::as_str).collect::<Vec<_>>());
+    let api = config.admin_api_client().unwrap().unwrap();
+    let snap = dir.path().join("snapshot");
+    let summary = kcaudit::directory::sync::sync(&api, &snap, &[]).await.unwrap();
+    assert_eq!(summary.realms.len(), 3);
+    let prod = summary.realms.iter().find(|r| r.realm == "acme-prod").unwrap();
+    assert_eq!((prod.clients, prod.users), (11, 12));
+    let written = std::fs::read_to_string(snap.join("acme-prod.clients.json")).unwrap();
+    assert!(!written.contains("super-secret-client-secret"), "client secrets are never written");
+    // Only one realm on request; an unknown realm is an error naming it.
+    let only = dir.path().join("only");
+    kcaudit::directory::sync::sync(&api, &only, &["acme-partners".into()]).await.unwrap();
+    assert!(only.join("acme-partners.users.json").exists() && !only.join("acme-prod.users.json").exists());
+    let e = kcaudit::directory::sync::sync(&api, &only, &["nope".into()]).await.unwrap_err().to_string();
+    assert!(e.contains("realm nope does not exist"), "{e}");
+
+    let input = fixture("keycloak/keycloak-native-events.jsonl");
+    let d1 = tempfile::tempdir().unwrap();
+    let (from_sync, _) = replay(d1.path(), &[&format!("enrich.directory={:?}", snap.display().to_string())], &[input.clone()], Format::Auto).await;
+    let d2 = tempfile::tempdir().unwrap();
+    let (from_fixture, _) = replay(d2.path(), &[&format!("enrich.directory={:?}", fixture("keycloak/admin-api").display().to_string())], &[input], Format::Auto).await;
+    assert_eq!(enrichment_only(&from_sync), enrichment_only(&from_fixture));
+}

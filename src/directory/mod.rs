@@ -7,6 +7,7 @@
 //! the new files do not parse, so a half-written snapshot never empties enrichment.
 
 pub mod model;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

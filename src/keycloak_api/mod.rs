@@ -206,6 +206,11 @@ impl AdminApi {
         }
     }
 
+    /// A realm's client scopes (`None` when the endpoint is not there).
+    pub async fn client_scopes(&self, realm: &str) -> Result<Option<Vec<crate::directory::model::ClientScopeRep>>, ApiError> {
+        self.get(&format!("/admin/realms/{}/client-scopes", urlencoding::encode(realm))).await
+    }
+
     /// Cache with coalescing: concurrent callers of one key share one request.
     async fn cached(&self, key: Key) -> Result<Fetched, ApiError> {
         let k = key.clone();
