@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use schemars::JsonSchema;
@@ -314,7 +315,8 @@ impl AuditEvent {
 }
 
 /// Directory context added by the enrichment stage. A lookup that fails never blocks the event: the
-/// event goes on with `status` saying what is missing and why.
+/// event goes on with `status` saying what is missing and why. The parts are shared (`Arc`): the same
+/// client or user appears on many events, and is built once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Enrichment {
@@ -322,19 +324,19 @@ pub struct Enrichment {
     /// Why something could not be resolved (deleted user, unknown client, directory unavailable, ...).
     pub misses: Vec<String>,
     /// Where the facts came from (`directory:<path>`, `realm-export:<file>`, `admin-api:<url>`).
-    pub source: Option<String>,
+    pub source: Option<Arc<str>>,
     /// The requesting client (token exchange) or the event's client.
-    pub exchanger: Option<ClientInfo>,
+    pub exchanger: Option<Arc<ClientInfo>>,
     /// The user the event is about.
-    pub subject: Option<UserInfo>,
+    pub subject: Option<Arc<UserInfo>>,
     /// Each requested audience resolved to a client; `known: false` when no such client exists.
     pub audiences: Vec<AudienceInfo>,
     /// The client the subject token was issued to (V2 `subject_token_client_id`).
-    pub subject_token_client: Option<ClientInfo>,
+    pub subject_token_client: Option<Arc<ClientInfo>>,
     /// V1 impersonation: the impersonating user (the detail is a username).
-    pub impersonator: Option<UserInfo>,
+    pub impersonator: Option<Arc<UserInfo>>,
     /// Whether the exchange was within what the realm configuration allows the exchanger.
-    pub policy: Option<PolicyVerdict>,
+    pub policy: Option<Arc<PolicyVerdict>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -393,7 +395,7 @@ pub struct AudienceInfo {
     /// False when the realm has no client with this clientId (a fact worth recording: probing); null
     /// when no source could answer.
     pub known: Option<bool>,
-    pub client: Option<ClientInfo>,
+    pub client: Option<Arc<ClientInfo>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

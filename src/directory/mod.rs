@@ -9,7 +9,7 @@
 pub mod model;
 pub mod sync;
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,9 +31,16 @@ pub struct RealmDir {
     /// Client-scope definitions; `None` when the source does not carry them (the admin-API snapshot
     /// without `client-scopes.json`), so policy questions that need them answer "unknown".
     pub client_scopes: Option<Vec<ClientScopeRep>>,
+    /// Shared copies of the identifiers, handed to enrichment without allocating.
+    shared: Option<crate::enrich::resolve::RealmRef>,
 }
 
 impl RealmDir {
+    /// The realm's identifiers as shared strings (None when the realm has no name).
+    pub fn reference(&self) -> Option<crate::enrich::resolve::RealmRef> {
+        self.shared.clone()
+    }
+
     pub fn from_rep(rep: RealmRep) -> RealmDir {
         let mut r = RealmDir {
             id: rep.id,
@@ -42,6 +49,7 @@ impl RealmDir {
             client_scopes: (!rep.client_scopes.is_empty()).then_some(rep.client_scopes),
             ..Default::default()
         };
+        r.shared = r.name.as_deref().map(|n| crate::enrich::resolve::RealmRef { id: r.id.as_deref().map(Arc::from), name: Arc::from(n) });
         for c in rep.clients {
             r.add_client(c);
         }

@@ -10,8 +10,10 @@ pub mod policy;
 pub mod resolve;
 
 use std::collections::BTreeMap;
+
+use ahash::AHashMap as HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -22,7 +24,7 @@ use crate::directory::{DirectoryHandle, DirectorySpec};
 use crate::event::*;
 use crate::keycloak_api::AdminApi;
 use crate::metrics::Metrics;
-use resolve::{Chain, Res, Source};
+use resolve::{Chain, RealmRef, Res, Source};
 
 /// `[enrich]`: where directory facts come from and what to add.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -102,8 +104,81 @@ impl EnrichOptions {
 pub struct Enricher {
     opts: EnrichOptions,
     sources: Vec<Source>,
-    metrics: Metrics,
+    /// `kcaudit_enrichment_total` for enriched, partial, not_enriched (resolved once, not per event).
+    counters: [prometheus::IntCounter; 3],
+    memo: Mutex<Memo>,
 }
+
+/// Client and user views, and policy verdicts, built once per directory entry and shared by every
+/// event that names it (keyed by the entry's allocation, which the memo keeps alive so the key cannot
+/// be reused). This is what keeps the cached path well under a microsecond per event.
+#[derive(Default)]
+struct Memo {
+    clients: HashMap<usize, (Arc<ClientRep>, Arc<ClientInfo>)>,
+    users: HashMap<usize, (Arc<UserRep>, Arc<UserInfo>)>,
+    policies: HashMap<(usize, u64), (Arc<ClientRep>, PolicyKey, Arc<PolicyVerdict>)>,
+}
+
+/// What a memoised verdict was computed for (checked on every hit, so a hash collision cannot
+/// return another exchange's verdict).
+struct PolicyKey {
+    audiences: Vec<(String, Option<bool>)>,
+    impersonation: bool,
+}
+
+impl Memo {
+    fn client(&mut self, c: Arc<ClientRep>) -> Arc<ClientInfo> {
+        let key = Arc::as_ptr(&c) as usize;
+        if let Some((_, info)) = self.clients.get(&key) {
+            return info.clone();
+        }
+        let info = Arc::new(client_info(&c));
+        self.clients.insert(key, (c, info.clone()));
+        info
+    }
+
+    fn user(&mut self, opts: &EnrichOptions, u: Arc<UserRep>) -> Arc<UserInfo> {
+        let key = Arc::as_ptr(&u) as usize;
+        if let Some((_, info)) = self.users.get(&key) {
+            return info.clone();
+        }
+        let info = Arc::new(user_info(opts, &u));
+        self.users.insert(key, (u, info.clone()));
+        info
+    }
+
+    fn policy(&mut self, realm: &RealmRef, name: &str, exchanger: Option<Arc<ClientRep>>, audiences: &[AudienceInfo], chain: &Chain<'_>, te: &TokenExchange) -> Arc<PolicyVerdict> {
+        let compute = |c: Option<&ClientRep>| Arc::new(policy::verdict(&realm.name, name, c, audiences, |s| chain.client_scope(realm, s), te));
+        let Some(c) = exchanger else { return compute(None) };
+        // The verdict depends only on the exchanger's configuration, the audiences (and whether they
+        // exist) and whether impersonation was asked for.
+        let impersonation = te.requested_subject.is_some();
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for a in audiences {
+                a.audience.hash(&mut h);
+                a.known.hash(&mut h);
+            }
+            impersonation.hash(&mut h);
+            (Arc::as_ptr(&c) as usize, h.finish())
+        };
+        let same = |p: &PolicyKey| p.impersonation == impersonation && p.audiences.len() == audiences.len() && p.audiences.iter().zip(audiences).all(|((a, k), b)| *a == b.audience && *k == b.known);
+        if let Some((_, k, v)) = self.policies.get(&key) {
+            if same(k) {
+                return v.clone();
+            }
+        }
+        let v = compute(Some(&c));
+        let pk = PolicyKey { audiences: audiences.iter().map(|a| (a.audience.clone(), a.known)).collect(), impersonation };
+        self.policies.insert(key, (c, pk, v.clone()));
+        v
+    }
+
+}
+
+/// Memo entries kept before the memo is cleared (bounds memory when the admin API's cache churns).
+const MEMO_MAX: usize = 100_000;
 
 impl Enricher {
     /// `None` when no source is configured. `api` is the shared admin API client, if configured.
@@ -118,29 +193,58 @@ impl Enricher {
         if sources.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Arc::new(Enricher { opts: opts.clone(), sources, metrics })))
+        let counters = ["enriched", "partial", "not_enriched"].map(|s| metrics.enrichment.with_label_values(&[s]));
+        Ok(Some(Arc::new(Enricher { opts: opts.clone(), sources, counters, memo: Mutex::new(Memo::default()) })))
     }
 
     /// Enrich a batch: lookups for different events run concurrently (the admin API's cache coalesces
     /// repeats), and the directory is pinned to one version for the whole batch.
     pub async fn enrich_all<'e>(&self, events: impl IntoIterator<Item = &'e mut AuditEvent>) {
         let chain = Chain::new(&self.sources);
-        let source = chain.describe();
-        futures::future::join_all(events.into_iter().map(|e| self.enrich_with(&chain, &source, e))).await;
+        let source: Arc<str> = chain.describe().into();
+        if self.sources.iter().any(|s| matches!(s, Source::Api(_))) {
+            futures::future::join_all(events.into_iter().map(|e| self.enrich_with(&chain, &source, e))).await;
+        } else {
+            // Directory lookups never wait: no need to interleave.
+            for e in events {
+                self.enrich_with(&chain, &source, e).await;
+            }
+        }
     }
 
     /// Enrich one event.
     pub async fn enrich(&self, ev: &mut AuditEvent) {
         let chain = Chain::new(&self.sources);
-        let source = chain.describe();
+        let source: Arc<str> = chain.describe().into();
         self.enrich_with(&chain, &source, ev).await;
     }
 
-    async fn enrich_with(&self, chain: &Chain<'_>, source: &str, ev: &mut AuditEvent) {
+    async fn enrich_with(&self, chain: &Chain<'_>, source: &Arc<str>, ev: &mut AuditEvent) {
+        let (en, realm) = self.lookup(chain, source, ev).await;
+        // Fill the realm identifier the format did not give.
+        if let Some(r) = realm {
+            if ev.realm.name.is_none() {
+                ev.realm.name = Some(r.name.to_string());
+            }
+            if ev.realm.id.is_none() {
+                ev.realm.id = r.id.map(|i| i.to_string());
+            }
+        }
+        let counter = match en.status {
+            EnrichmentStatus::Enriched => &self.counters[0],
+            EnrichmentStatus::Partial => &self.counters[1],
+            EnrichmentStatus::NotEnriched => &self.counters[2],
+        };
+        counter.inc();
+        ev.enrichment = Some(en);
+    }
+
+    /// Everything the sources know about the event (read-only on the event, so nothing is cloned).
+    async fn lookup(&self, chain: &Chain<'_>, source: &Arc<str>, ev: &AuditEvent) -> (Enrichment, Option<RealmRef>) {
         let mut en = Enrichment {
             status: EnrichmentStatus::Enriched,
             misses: Vec::new(),
-            source: Some(source.to_string()),
+            source: Some(source.clone()),
             exchanger: None,
             subject: None,
             audiences: Vec::new(),
@@ -149,8 +253,7 @@ impl Enricher {
             policy: None,
         };
         let mut resolved_any = false;
-        let realm_key = ev.realm.id.clone().or_else(|| ev.realm.name.clone());
-        let realm = match &realm_key {
+        let realm = match ev.realm.id.as_deref().or(ev.realm.name.as_deref()) {
             Some(k) => match chain.realm(k).await {
                 Res::Found(r) => Some(r),
                 Res::Missing(m) | Res::Unavailable(m) => {
@@ -164,64 +267,60 @@ impl Enricher {
                 None
             }
         };
-        if let Some(r) = &realm {
-            resolved_any = true;
-            // Fill the realm identifier the format did not give.
-            ev.realm.name.get_or_insert_with(|| r.name.clone());
-            if ev.realm.id.is_none() {
-                ev.realm.id = r.id.clone();
-            }
-        }
+        resolved_any |= realm.is_some();
         if ev.kind == EventKind::Admin {
             resolved_any |= self.enrich_admin(chain, ev, &mut en).await;
         } else if let Some(realm) = &realm {
-            if let Some(cid) = ev.client_id.clone() {
-                en.exchanger = self.note(chain.client(realm, &cid).await, &mut en.misses).map(|c| client_info(&c));
-            }
-            if let Some(uid) = ev.subject.id.clone() {
-                en.subject = self.note(chain.user(realm, &uid).await, &mut en.misses).map(|u| self.user_info(&u));
-            }
-            if let Some(te) = ev.token_exchange.clone() {
+            // All lookups first (they may wait on the admin API), then one pass over the memo.
+            let exchanger = match ev.client_id.as_deref() {
+                Some(cid) => self.note(chain.client(realm, cid).await, &mut en.misses),
+                None => None,
+            };
+            let subject = match ev.subject.id.as_deref() {
+                Some(uid) => self.note(chain.user(realm, uid).await, &mut en.misses),
+                None => None,
+            };
+            let mut audiences = Vec::new();
+            let (mut stc, mut imp) = (None, None);
+            if let Some(te) = &ev.token_exchange {
+                audiences.reserve(te.audiences.len());
                 for a in &te.audiences {
-                    let (known, client) = match chain.client(realm, a).await {
-                        Res::Found(c) => (Some(true), Some(client_info(&c))),
+                    audiences.push(match chain.client(realm, a).await {
+                        Res::Found(c) => (Some(true), Some(c)),
                         Res::Missing(_) => (Some(false), None),
                         Res::Unavailable(m) => {
                             en.misses.push(m);
                             (None, None)
                         }
-                    };
-                    en.audiences.push(AudienceInfo { audience: a.clone(), known, client });
+                    });
                 }
-                if let Some(stc) = &te.subject_token_client_id {
-                    en.subject_token_client = self.note(chain.client(realm, stc).await, &mut en.misses).map(|c| client_info(&c));
+                if let Some(id) = &te.subject_token_client_id {
+                    stc = self.note(chain.client(realm, id).await, &mut en.misses);
                 }
-                if let Some(imp) = &te.impersonator {
-                    en.impersonator = self.note(chain.user_by_username(realm, imp).await, &mut en.misses).map(|u| self.user_info(&u));
+                if let Some(name) = &te.impersonator {
+                    imp = self.note(chain.user_by_username(realm, name).await, &mut en.misses);
                 }
-                let exchanger = match &ev.client_id {
-                    Some(cid) => match chain.client(realm, cid).await {
-                        Res::Found(c) => Some(c),
-                        _ => None,
-                    },
-                    None => None,
-                };
-                en.policy = Some(policy::verdict(
-                    &realm.name,
-                    ev.client_id.as_deref().unwrap_or("?"),
-                    exchanger.as_deref(),
-                    &en.audiences,
-                    |name| chain.client_scope(realm, name),
-                    &te,
-                ));
+            }
+            let mut memo = self.memo();
+            en.exchanger = exchanger.clone().map(|c| memo.client(c));
+            en.subject = subject.map(|u| memo.user(&self.opts, u));
+            en.subject_token_client = stc.map(|c| memo.client(c));
+            en.impersonator = imp.map(|u| memo.user(&self.opts, u));
+            if let Some(te) = &ev.token_exchange {
+                en.audiences = te
+                    .audiences
+                    .iter()
+                    .zip(audiences)
+                    .map(|(a, (known, c))| AudienceInfo { audience: a.clone(), known, client: c.map(|c| memo.client(c)) })
+                    .collect();
+                en.policy = Some(memo.policy(realm, ev.client_id.as_deref().unwrap_or("?"), exchanger, &en.audiences, chain, te));
             }
         }
         if !en.misses.is_empty() {
             resolved_any |= en.exchanger.is_some() || en.subject.is_some();
             en.status = if resolved_any { EnrichmentStatus::Partial } else { EnrichmentStatus::NotEnriched };
         }
-        self.count(&en);
-        ev.enrichment = Some(en);
+        (en, realm)
     }
 
     /// Admin events: the acting administrator and client live in the realm they authenticated in.
@@ -236,10 +335,10 @@ impl Enricher {
             }
         };
         if let Some(uuid) = &a.auth.client_uuid {
-            en.exchanger = self.note(chain.client_by_uuid(&realm, uuid).await, &mut en.misses).map(|c| client_info(&c));
+            en.exchanger = self.note(chain.client_by_uuid(&realm, uuid).await, &mut en.misses).map(|c| self.memo().client(c));
         }
         if let Some(uid) = &a.auth.user_id {
-            en.subject = self.note(chain.user(&realm, uid).await, &mut en.misses).map(|u| self.user_info(&u));
+            en.subject = self.note(chain.user(&realm, uid).await, &mut en.misses).map(|u| self.memo().user(&self.opts, u));
         }
         true
     }
@@ -254,40 +353,40 @@ impl Enricher {
         }
     }
 
-    fn user_info(&self, u: &UserRep) -> UserInfo {
-        let (privileged, privileged_reason) = match privileged(&self.opts.privileged, u) {
-            Some(r) => (true, Some(r)),
-            None => (false, None),
-        };
-        let service_account_client_id = u.service_account_client_id.clone();
-        UserInfo {
-            id: u.id.clone(),
-            username: u.username.clone(),
-            email: u.email.clone(),
-            enabled: u.enabled,
-            service_account: service_account_client_id.is_some(),
-            service_account_client_id,
-            privileged,
-            privileged_reason,
-            attributes: self
-                .opts
-                .user_attributes
-                .iter()
-                .filter_map(|k| {
-                    let v = u.attr_values(k);
-                    (!v.is_empty()).then(|| (k.clone(), v))
-                })
-                .collect(),
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if m.clients.len() + m.users.len() + m.policies.len() > MEMO_MAX {
+            *m = Memo::default();
         }
+        m
     }
 
-    fn count(&self, en: &Enrichment) {
-        let status = match en.status {
-            EnrichmentStatus::Enriched => "enriched",
-            EnrichmentStatus::Partial => "partial",
-            EnrichmentStatus::NotEnriched => "not_enriched",
-        };
-        self.metrics.enrichment.with_label_values(&[status]).inc();
+
+}
+
+fn user_info(opts: &EnrichOptions, u: &UserRep) -> UserInfo {
+    let (privileged, privileged_reason) = match privileged(&opts.privileged, u) {
+        Some(r) => (true, Some(r)),
+        None => (false, None),
+    };
+    let service_account_client_id = u.service_account_client_id.clone();
+    UserInfo {
+        id: u.id.clone(),
+        username: u.username.clone(),
+        email: u.email.clone(),
+        enabled: u.enabled,
+        service_account: service_account_client_id.is_some(),
+        service_account_client_id,
+        privileged,
+        privileged_reason,
+        attributes: opts
+            .user_attributes
+            .iter()
+            .filter_map(|k| {
+                let v = u.attr_values(k);
+                (!v.is_empty()).then(|| (k.clone(), v))
+            })
+            .collect(),
     }
 }
 

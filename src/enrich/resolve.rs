@@ -22,8 +22,8 @@ pub enum Res<T> {
 /// The realm as every source can name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RealmRef {
-    pub id: Option<String>,
-    pub name: String,
+    pub id: Option<Arc<str>>,
+    pub name: Arc<str>,
 }
 
 pub enum Source {
@@ -91,10 +91,10 @@ impl<'a> Chain<'a> {
         chain_lookup!(
             self,
             format!("realm {key}"),
-            |api| async { api.realm(key).await.map(|r| r.and_then(|r| r.realm.clone().map(|name| RealmRef { id: r.id.clone(), name }))) },
+            |api| async { api.realm(key).await.map(|r| r.and_then(|r| r.realm.as_deref().map(|name| RealmRef { id: r.id.as_deref().map(Arc::from), name: Arc::from(name) }))) },
             |dir| match dir.realm(key) {
-                Some(r) => match &r.name {
-                    Some(name) => Res::Found(RealmRef { id: r.id.clone(), name: name.clone() }),
+                Some(r) => match r.reference() {
+                    Some(rr) => Res::Found(rr),
                     None => Res::Missing(format!("realm {key} has no name in the directory")),
                 },
                 None => Res::Missing(format!("realm {key} is not in the directory")),

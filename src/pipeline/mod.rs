@@ -393,7 +393,11 @@ impl Central {
             }
         }
         if let Some(en) = &self.enricher {
-            en.enrich_all(fresh.iter_mut().map(|(_, e)| &mut **e)).await;
+            let mut refs: Vec<&mut AuditEvent> = Vec::with_capacity(fresh.len());
+            for (_, e) in fresh.iter_mut() {
+                refs.push(e);
+            }
+            en.enrich_all(refs).await;
         }
         let accepted: Vec<(usize, Arc<AuditEvent>)> = fresh
             .into_iter()
