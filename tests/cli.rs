@@ -120,9 +120,8 @@ fn validate_names_the_typoed_key() {
 fn committed_json_schema_is_current() {
     let out = kcaudit(Path::new(env!("CARGO_MANIFEST_DIR")), &["schema", "event"]);
     let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/audit-event.schema.json")).unwrap();
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        committed,
+    assert!(
+        String::from_utf8(out.stdout).unwrap() == committed,
         "schemas/audit-event.schema.json is stale: run `cargo run -- schema event > schemas/audit-event.schema.json`"
     );
 }
