@@ -60,6 +60,24 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE")]
         inputs: Vec<String>,
     },
+    /// Audit realm exports / keycloak-config-cli files for token-exchange misconfigurations.
+    AuditRealm {
+        /// Output: text (people), json, or sarif (code-scanning tools).
+        #[arg(long, default_value = "text", value_parser = ["text", "json", "sarif"])]
+        format: String,
+        /// Exit 1 when a finding at or above this severity exists: info, low, medium, high, critical.
+        #[arg(long, default_value = "high")]
+        fail_on: String,
+        /// Access-token lifespan (seconds) above which exchanged tokens count as long-lived.
+        #[arg(long, default_value_t = 3600)]
+        max_token_lifespan: i64,
+        /// A client with a recorded need to impersonate (repeatable).
+        #[arg(long = "allow-impersonation", value_name = "CLIENT")]
+        allow_impersonation: Vec<String>,
+        /// Realm export or keycloak-config-cli JSON files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
     /// Directory snapshots for enrichment.
     Directory {
         #[command(subcommand)]
@@ -102,6 +120,19 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate(args) => validate(&args),
+        Command::AuditRealm { format, fail_on, max_token_lifespan, allow_impersonation, files } => {
+            let fail_on = match crate::realm_audit::Severity::parse(&fail_on) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("kcaudit audit-realm: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = crate::realm_audit::AuditOptions { max_access_token_lifespan_secs: max_token_lifespan, impersonation_allowed_clients: allow_impersonation };
+            let (out, code) = crate::realm_audit::run(&files, &format, fail_on, &opts);
+            print!("{out}");
+            ExitCode::from(u8::try_from(code).unwrap_or(2))
+        }
         Command::Directory { action: DirectoryAction::Sync { config, out, realms } } => with_config(&config, |c| {
             let api = c.admin_api_client()?.ok_or_else(|| anyhow::anyhow!("set admin_api.url (and its credentials) to sync from Keycloak"))?;
             let summary = runtime()?.block_on(crate::directory::sync::sync(&api, &out, &realms))?;

@@ -14,6 +14,7 @@
 //! - [`directory`]: Keycloak realms, clients and users (snapshot folders, realm exports), indexed.
 //! - [`keycloak_api`]: the Keycloak Admin REST API client (token, cache, rate limit, circuit breaker).
 //! - [`enrich`]: the enrichment stage (exchanger, subject, audiences, exchange policy).
+//! - [`realm_audit`]: `kcaudit audit-realm`, token-exchange misconfigurations in realm exports (text, JSON, SARIF).
 //! - [`pipeline`]: bounded stages, deduplication, acknowledgements, per-batch reports.
 //! - [`sinks`]: the [`sinks::Sink`] trait and its driver (batching, retry, dead-lettering); the audit
 //!   log file and stdout.
@@ -32,6 +33,7 @@ pub mod keycloak_api;
 pub mod event;
 pub mod metrics;
 pub mod pipeline;
+pub mod realm_audit;
 pub mod schema;
 pub mod server;
 pub mod sinks;

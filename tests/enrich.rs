@@ -155,3 +155,36 @@ async fn exchange_policy_from_a_realm_export() {
     assert_eq!(subject.attributes.get("department").map(|v| v.as_slice()), Some(&["sales".to_string()][..]));
     assert!(!subject.privileged);
 }
+
+#[tokio::test]
+async fn legacy_v1_permissions_from_a_realm_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let ev = |id: &str, client: &str, aud: &str| {
+        format!(r#"{{"id":"{id}","time":1773043084120,"type":"TOKEN_EXCHANGE","realmId":"acme-legacy","clientId":"{client}","details":{{"audience":"{aud}","requested_token_type":"urn:ietf:params:oauth:token-type:refresh_token"}}}}"#)
+    };
+    std::fs::write(&input, [ev("v1", "stock-sync", "inventory-api"), ev("v2", "stock-sync", "partner-gateway")].join("\n")).unwrap();
+    let export = format!("enrich.realm_exports=[{:?}]", fixture("realm-audit/te009-legacy-v1.json").display().to_string());
+    let (evs, _) = replay(dir.path(), &[&export], &[input], Format::Auto).await;
+    let en0 = evs[0].enrichment.as_ref().unwrap();
+    assert_eq!(en0.exchanger.as_ref().unwrap().token_exchange, "legacy_v1");
+    assert_eq!(en0.audiences[0].client.as_ref().unwrap().token_exchange, "none");
+    assert_eq!(en0.policy.as_ref().unwrap().within_policy, Within::Yes, "{:?}", en0.policy);
+    let p1 = evs[1].enrichment.as_ref().unwrap().policy.clone().unwrap();
+    assert_eq!(p1.within_policy, Within::No, "{p1:?}");
+    assert!(p1.reason.contains("partner-gateway"));
+
+    // Impersonation: granted to support-console by an FGAP v1 Users permission, to nobody else.
+    let input = dir.path().join("imp.jsonl");
+    let imp = |id: &str, client: &str| {
+        format!(r#"{{"id":"{id}","time":1773043084120,"type":"TOKEN_EXCHANGE","realmId":"acme-support","clientId":"{client}","details":{{"audience":"{client}","requested_subject":"someone"}}}}"#)
+    };
+    let realm_name: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("realm-audit/te006-impersonation.json")).unwrap()).unwrap();
+    let realm_name = realm_name["realm"].as_str().unwrap().to_string();
+    std::fs::write(&input, [imp("i1", "support-console"), imp("i2", "helpdesk-bot")].join("\n").replace("acme-support", &realm_name)).unwrap();
+    let export = format!("enrich.realm_exports=[{:?}]", fixture("realm-audit/te006-impersonation.json").display().to_string());
+    let (evs, _) = replay(dir.path(), &[&export, "dedup.enabled=false"], &[input], Format::Auto).await;
+    let verdict = |i: usize| evs[i].enrichment.as_ref().unwrap().policy.clone().unwrap();
+    assert_eq!(verdict(0).within_policy, Within::Yes, "{:?}", verdict(0));
+    assert_eq!(verdict(1).within_policy, Within::No, "{:?}", verdict(1));
+}

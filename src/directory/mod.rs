@@ -9,7 +9,9 @@
 pub mod model;
 pub mod sync;
 
-use ahash::AHashMap as HashMap;
+use std::collections::BTreeSet;
+
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,6 +35,96 @@ pub struct RealmDir {
     pub client_scopes: Option<Vec<ClientScopeRep>>,
     /// Shared copies of the identifiers, handed to enrichment without allocating.
     shared: Option<crate::enrich::resolve::RealmRef>,
+    /// Legacy V1 (FGAP v1) token-exchange and impersonation grants, when the source carries the
+    /// `realm-management` authorization settings (realm exports); `None` means "cannot tell".
+    pub v1: Option<V1Grants>,
+}
+
+/// Who FGAP v1 permissions let exchange to which client, and impersonate, as far as the file shows.
+#[derive(Debug, Clone, Default)]
+pub struct V1Grants {
+    /// Target clientId → exchangers a token-exchange permission certainly lets through.
+    pub exchange_to: HashMap<String, BTreeSet<String>>,
+    /// Targets whose permission lets any client through (`*`: a permission on every client).
+    pub exchange_any: HashSet<String>,
+    /// Targets whose permission could not be decided from the file.
+    pub exchange_undecided: HashSet<String>,
+    pub impersonators: BTreeSet<String>,
+    pub impersonation_any: bool,
+    pub impersonation_undecided: bool,
+}
+
+impl V1Grants {
+    fn from_analysis(a: &crate::realm_audit::fgap::V1Analysis) -> V1Grants {
+        use crate::realm_audit::fgap::{PermissionKind, Target};
+        let mut g = V1Grants::default();
+        for p in &a.permissions {
+            for t in &p.targets {
+                match (p.kind, t) {
+                    (PermissionKind::TokenExchange, Target::Client { client_id, .. }) => {
+                        g.exchange_to.entry(client_id.clone()).or_default().extend(p.granted.iter().cloned());
+                        if p.any_client {
+                            g.exchange_any.insert(client_id.clone());
+                        }
+                        if p.undecided {
+                            g.exchange_undecided.insert(client_id.clone());
+                        }
+                    }
+                    (PermissionKind::TokenExchange, Target::AllResources) => {
+                        g.exchange_to.entry("*".into()).or_default().extend(p.granted.iter().cloned());
+                        if p.any_client {
+                            g.exchange_any.insert("*".into());
+                        }
+                        if p.undecided {
+                            g.exchange_undecided.insert("*".into());
+                        }
+                    }
+                    (PermissionKind::TokenExchange, Target::Unresolved(_)) => {
+                        g.exchange_undecided.insert("*".into());
+                    }
+                    (PermissionKind::Impersonate, _) => {
+                        g.impersonators.extend(p.granted.iter().cloned());
+                        g.impersonation_any |= p.any_client;
+                        g.impersonation_undecided |= p.undecided || matches!(t, Target::Unresolved(_));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        g
+    }
+
+    /// Whether some V1 permission lets `client` exchange to anything.
+    pub fn is_exchanger(&self, client: &str) -> bool {
+        self.exchange_to.values().any(|s| s.contains(client))
+    }
+
+    /// May `exchanger` obtain `target`? `None` when the file cannot tell.
+    pub fn may_exchange(&self, exchanger: &str, target: &str) -> Option<bool> {
+        if exchanger == target {
+            return Some(true); // a client may always exchange to itself
+        }
+        for key in [target, "*"] {
+            if self.exchange_to.get(key).is_some_and(|s| s.contains(exchanger)) || self.exchange_any.contains(key) {
+                return Some(true);
+            }
+        }
+        if self.exchange_undecided.contains(target) || self.exchange_undecided.contains("*") {
+            return None;
+        }
+        Some(false)
+    }
+
+    /// May `client` impersonate users? `None` when the file cannot tell.
+    pub fn may_impersonate(&self, client: &str) -> Option<bool> {
+        if self.impersonation_any || self.impersonators.contains(client) {
+            Some(true)
+        } else if self.impersonation_undecided {
+            None
+        } else {
+            Some(false)
+        }
+    }
 }
 
 impl RealmDir {
@@ -147,27 +239,40 @@ impl Directory {
     /// Read realm exports: one realm object per file, or an array of them (`kc.sh export --file`);
     /// `kc.sh export --dir` user files (`{realm, users}`) merge into their realm.
     pub fn load_exports(files: &[PathBuf]) -> anyhow::Result<Directory> {
-        let mut reps: Vec<RealmRep> = Vec::new();
+        let mut reps: Vec<(RealmRep, Option<V1Grants>)> = Vec::new();
         for f in files {
             let v: serde_json::Value = read_json(f)?;
-            let list: Vec<RealmRep> = match v {
-                serde_json::Value::Array(_) => serde_json::from_value(v).map_err(|e| anyhow::anyhow!("{}: not a list of realms: {e}", f.display()))?,
-                _ => vec![serde_json::from_value(v).map_err(|e| anyhow::anyhow!("{}: not a realm export: {e}", f.display()))?],
+            let raws: Vec<serde_json::Value> = match v {
+                serde_json::Value::Array(a) => a,
+                other => vec![other],
             };
-            for rep in list {
-                match reps.iter_mut().find(|r| r.realm.is_some() && r.realm == rep.realm) {
-                    Some(existing) => {
+            for raw in raws {
+                let rep: RealmRep = serde_json::from_value(raw.clone()).map_err(|e| anyhow::anyhow!("{}: not a realm export: {e}", f.display()))?;
+                let v1 = crate::realm_audit::fgap::analyze(&rep, &raw).map(|a| V1Grants::from_analysis(&a));
+                match reps.iter_mut().find(|(r, _)| r.realm.is_some() && r.realm == rep.realm) {
+                    Some((existing, ev1)) => {
                         existing.users.extend(rep.users);
                         existing.clients.extend(rep.clients);
                         existing.client_scopes.extend(rep.client_scopes);
                         existing.id = existing.id.take().or(rep.id);
+                        if ev1.is_none() {
+                            *ev1 = v1;
+                        }
                     }
-                    None => reps.push(rep),
+                    None => reps.push((rep, v1)),
                 }
             }
         }
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-        Ok(Directory { realms: reps.into_iter().map(RealmDir::from_rep).collect(), source: format!("realm-export:{}", names.join(",")) })
+        let realms = reps
+            .into_iter()
+            .map(|(rep, v1)| {
+                let mut r = RealmDir::from_rep(rep);
+                r.v1 = v1;
+                r
+            })
+            .collect();
+        Ok(Directory { realms, source: format!("realm-export:{}", names.join(",")) })
     }
 }
 

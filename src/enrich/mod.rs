@@ -127,12 +127,14 @@ struct PolicyKey {
 }
 
 impl Memo {
-    fn client(&mut self, c: Arc<ClientRep>) -> Arc<ClientInfo> {
+    /// `v1`: the realm's FGAP v1 grants, when known (a client's Arc belongs to one realm, so the
+    /// pointer key stays exact).
+    fn client(&mut self, c: Arc<ClientRep>, v1: Option<&crate::directory::V1Grants>) -> Arc<ClientInfo> {
         let key = Arc::as_ptr(&c) as usize;
         if let Some((_, info)) = self.clients.get(&key) {
             return info.clone();
         }
-        let info = Arc::new(client_info(&c));
+        let info = Arc::new(client_info(&c, v1));
         self.clients.insert(key, (c, info.clone()));
         info
     }
@@ -148,7 +150,7 @@ impl Memo {
     }
 
     fn policy(&mut self, realm: &RealmRef, name: &str, exchanger: Option<Arc<ClientRep>>, audiences: &[AudienceInfo], chain: &Chain<'_>, te: &TokenExchange) -> Arc<PolicyVerdict> {
-        let compute = |c: Option<&ClientRep>| Arc::new(policy::verdict(&realm.name, name, c, audiences, |s| chain.client_scope(realm, s), te));
+        let compute = |c: Option<&ClientRep>| Arc::new(policy::verdict(&realm.name, name, c, audiences, |s| chain.client_scope(realm, s), chain.v1(realm), te));
         let Some(c) = exchanger else { return compute(None) };
         // The verdict depends only on the exchanger's configuration, the audiences (and whether they
         // exist) and whether impersonation was asked for.
@@ -302,16 +304,17 @@ impl Enricher {
                 }
             }
             let mut memo = self.memo();
-            en.exchanger = exchanger.clone().map(|c| memo.client(c));
+            let v1 = chain.v1(realm);
+            en.exchanger = exchanger.clone().map(|c| memo.client(c, v1));
             en.subject = subject.map(|u| memo.user(&self.opts, u));
-            en.subject_token_client = stc.map(|c| memo.client(c));
+            en.subject_token_client = stc.map(|c| memo.client(c, v1));
             en.impersonator = imp.map(|u| memo.user(&self.opts, u));
             if let Some(te) = &ev.token_exchange {
                 en.audiences = te
                     .audiences
                     .iter()
                     .zip(audiences)
-                    .map(|(a, (known, c))| AudienceInfo { audience: a.clone(), known, client: c.map(|c| memo.client(c)) })
+                    .map(|(a, (known, c))| AudienceInfo { audience: a.clone(), known, client: c.map(|c| memo.client(c, v1)) })
                     .collect();
                 en.policy = Some(memo.policy(realm, ev.client_id.as_deref().unwrap_or("?"), exchanger, &en.audiences, chain, te));
             }
@@ -335,7 +338,7 @@ impl Enricher {
             }
         };
         if let Some(uuid) = &a.auth.client_uuid {
-            en.exchanger = self.note(chain.client_by_uuid(&realm, uuid).await, &mut en.misses).map(|c| self.memo().client(c));
+            en.exchanger = self.note(chain.client_by_uuid(&realm, uuid).await, &mut en.misses).map(|c| self.memo().client(c, chain.v1(&realm)));
         }
         if let Some(uid) = &a.auth.user_id {
             en.subject = self.note(chain.user(&realm, uid).await, &mut en.misses).map(|u| self.memo().user(&self.opts, u));
@@ -391,7 +394,7 @@ fn user_info(opts: &EnrichOptions, u: &UserRep) -> UserInfo {
 }
 
 /// The analyst's view of a client.
-pub fn client_info(c: &ClientRep) -> ClientInfo {
+pub fn client_info(c: &ClientRep, v1: Option<&crate::directory::V1Grants>) -> ClientInfo {
     let access_type = if c.bearer_only == Some(true) {
         Some("bearer_only")
     } else {
@@ -405,7 +408,13 @@ pub fn client_info(c: &ClientRep) -> ClientInfo {
         enabled: c.enabled,
         access_type: access_type.map(str::to_string),
         service_accounts_enabled: c.service_accounts_enabled,
-        token_exchange: if c.standard_token_exchange_enabled() { "standard_v2" } else { "unknown" }.to_string(),
+        token_exchange: match (c.standard_token_exchange_enabled(), v1) {
+            (true, _) => "standard_v2",
+            (false, Some(g)) if c.client_id.as_deref().is_some_and(|id| g.is_exchanger(id)) => "legacy_v1",
+            (false, Some(_)) => "none",
+            (false, None) => "unknown",
+        }
+        .to_string(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! and `unknown` otherwise, with the reason. It never guesses.
 
 use crate::directory::model::{audience_mapper_audiences, ClientRep, ClientScopeRep};
+use crate::directory::V1Grants;
 use crate::event::{AudienceInfo, PolicyVerdict, TokenExchange, Within};
 
 /// The verdict for one exchange. `exchanger` is the resolved client (None: not resolvable);
@@ -19,6 +20,7 @@ pub fn verdict(
     exchanger: Option<&ClientRep>,
     audiences: &[AudienceInfo],
     scope: impl Fn(&str) -> Option<ClientScopeRep>,
+    v1: Option<&V1Grants>,
     te: &TokenExchange,
 ) -> PolicyVerdict {
     let unknown = |reason: String| PolicyVerdict { within_policy: Within::Unknown, reason, allowed_audiences: None };
@@ -27,10 +29,28 @@ pub fn verdict(
         return PolicyVerdict { within_policy: Within::No, reason: format!("audience {} is not a client of realm {realm}", missing.audience), allowed_audiences: None };
     }
     if te.requested_subject.is_some() {
-        return unknown(format!("{name} requested impersonation; impersonation permissions (fine-grained admin permissions) are not in these sources"));
+        return match v1.map(|g| g.may_impersonate(name)) {
+            Some(Some(true)) => PolicyVerdict { within_policy: Within::Yes, reason: format!("an impersonation permission (FGAP v1) lets {name} impersonate users"), allowed_audiences: None },
+            Some(Some(false)) => PolicyVerdict { within_policy: Within::No, reason: format!("no impersonation permission (FGAP v1) in realm {realm} lets {name} impersonate users"), allowed_audiences: None },
+            Some(None) => unknown(format!("the impersonation permissions of realm {realm} cannot be decided from its configuration")),
+            None => unknown(format!("{name} requested impersonation; impersonation permissions (fine-grained admin permissions) are not in these sources")),
+        };
     }
     if !client.standard_token_exchange_enabled() {
-        return unknown(format!("{name} does not have standard token exchange enabled, so legacy V1 permissions govern it; they are not in these sources"));
+        let Some(g) = v1 else {
+            return unknown(format!("{name} does not have standard token exchange enabled, so legacy V1 permissions govern it; they are not in these sources"));
+        };
+        if te.audiences.is_empty() {
+            return unknown("the event records no audience".into());
+        }
+        let answers: Vec<(&String, Option<bool>)> = te.audiences.iter().map(|a| (a, g.may_exchange(name, a))).collect();
+        if let Some((a, _)) = answers.iter().find(|(_, r)| *r == Some(false)) {
+            return PolicyVerdict { within_policy: Within::No, reason: format!("no token-exchange permission (FGAP v1) on {a} lets {name} exchange to it"), allowed_audiences: None };
+        }
+        if answers.iter().all(|(_, r)| *r == Some(true)) {
+            return PolicyVerdict { within_policy: Within::Yes, reason: format!("token-exchange permissions (FGAP v1) let {name} exchange to {}", te.audiences.join(", ")), allowed_audiences: None };
+        }
+        return unknown(format!("the token-exchange permissions for {} cannot be decided from the realm configuration", te.audiences.join(", ")));
     }
     let mut allowed = client.audience_mapper_audiences();
     let mut complete = true;

@@ -150,6 +150,11 @@ impl<'a> Chain<'a> {
         )
     }
 
+    /// FGAP v1 grants, from the first directory source that carries them (realm exports).
+    pub fn v1(&self, realm: &RealmRef) -> Option<&crate::directory::V1Grants> {
+        self.dirs.iter().flatten().find_map(|d| d.realm(&realm.name).and_then(|r| r.v1.as_ref()))
+    }
+
     /// Client-scope definitions come only from directory sources that carry them.
     pub fn client_scope(&self, realm: &RealmRef, name: &str) -> Option<ClientScopeRep> {
         self.dirs.iter().flatten().find_map(|d| d.realm(&realm.name).and_then(|r| r.client_scope(name)).cloned())
