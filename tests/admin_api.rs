@@ -187,3 +187,22 @@ async fn directory_sync_writes_a_snapshot_that_enriches_the_same() {
     let (from_fixture, _) = replay(d2.path(), &[&format!("enrich.directory={:?}", fixture("keycloak/admin-api").display().to_string())], &[input], Format::Auto).await;
     assert_eq!(enrichment_only(&from_sync), enrichment_only(&from_fixture));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_refreshed_and_deleted_users_are_negative_cached() {
+    let kc = FakeKeycloak::start(fixture("keycloak/admin-api")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sf = secret_file(dir.path(), fake_keycloak::CLIENT_SECRET);
+    let config = temp_config(dir.path(), &api_sets(&kc.url(), &sf).iter().map(String::as_str).collect::<Vec<_>>());
+    let api = config.admin_api_client().unwrap().unwrap();
+    assert!(api.user("acme-prod", "cd3adec8-6fdc-414d-9093-31ddbb37ec99").await.unwrap().is_some());
+    // Keycloak revokes the token (e.g. restart, key rotation): the next call gets 401, refreshes, succeeds.
+    kc.state.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    let bob = api.user_by_username("acme-prod", "Bob.Kramer").await.unwrap();
+    assert_eq!(bob.unwrap().username.as_deref(), Some("bob.kramer"), "usernames are case-insensitive");
+    assert_eq!(kc.state.hits("/token"), 2);
+    // A deleted user is a 404: an answer ("missing"), cached, not an outage.
+    assert!(api.user("acme-prod", "deleted-user").await.unwrap().is_none());
+    assert!(api.user("acme-prod", "deleted-user").await.unwrap().is_none());
+    assert_eq!(kc.state.hits("/admin/realms/acme-prod/users/deleted-user"), 1, "the 404 is cached");
+}
