@@ -129,28 +129,30 @@ impl AdminApi {
     }
 
     pub async fn client(&self, realm: &str, client_id: &str) -> Result<Option<Arc<ClientRep>>, ApiError> {
-        Ok(match self.cached(Key::Client(realm.into(), client_id.into())).await? {
-            Fetched::Client(c) => Some(c),
-            _ => None,
-        })
+        self.cached_client(Key::Client(realm.into(), client_id.into())).await
     }
 
     pub async fn client_by_uuid(&self, realm: &str, uuid: &str) -> Result<Option<Arc<ClientRep>>, ApiError> {
-        Ok(match self.cached(Key::ClientUuid(realm.into(), uuid.into())).await? {
+        self.cached_client(Key::ClientUuid(realm.into(), uuid.into())).await
+    }
+
+    pub async fn user(&self, realm: &str, id: &str) -> Result<Option<Arc<UserRep>>, ApiError> {
+        self.cached_user(Key::User(realm.into(), id.into())).await
+    }
+
+    pub async fn user_by_username(&self, realm: &str, username: &str) -> Result<Option<Arc<UserRep>>, ApiError> {
+        self.cached_user(Key::Username(realm.into(), username.to_lowercase())).await
+    }
+
+    async fn cached_client(&self, key: Key) -> Result<Option<Arc<ClientRep>>, ApiError> {
+        Ok(match self.cached(key).await? {
             Fetched::Client(c) => Some(c),
             _ => None,
         })
     }
 
-    pub async fn user(&self, realm: &str, id: &str) -> Result<Option<Arc<UserRep>>, ApiError> {
-        Ok(match self.cached(Key::User(realm.into(), id.into())).await? {
-            Fetched::User(u) => Some(u),
-            _ => None,
-        })
-    }
-
-    pub async fn user_by_username(&self, realm: &str, username: &str) -> Result<Option<Arc<UserRep>>, ApiError> {
-        Ok(match self.cached(Key::Username(realm.into(), username.to_lowercase())).await? {
+    async fn cached_user(&self, key: Key) -> Result<Option<Arc<UserRep>>, ApiError> {
+        Ok(match self.cached(key).await? {
             Fetched::User(u) => Some(u),
             _ => None,
         })
