@@ -50,6 +50,10 @@ pub enum Command {
         /// Enrich from realm export / keycloak-config-cli files (repeatable).
         #[arg(long = "realm-export", value_name = "FILE")]
         realm_export: Vec<PathBuf>,
+        /// Detection state (redb) to start from and save to: seed a baseline from history, or resume an
+        /// interrupted replay. Without it a replay starts fresh and keeps nothing.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
         /// Exit with status 2 when any record was rejected.
         #[arg(long)]
         fail_on_reject: bool,
@@ -78,6 +82,11 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Detection state: inspect, export or import it (e.g. to seed a baseline from a month of history).
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
     /// Directory snapshots for enrichment.
     Directory {
         #[command(subcommand)]
@@ -89,6 +98,35 @@ pub enum Command {
     Schema {
         #[arg(value_parser = ["event", "config", "dead-letter"])]
         which: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateAction {
+    /// Summarise the state: realms, clients, keys, size, newest event time.
+    Inspect {
+        /// The state file (default: detect.state_file under data_dir).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Write the state as JSON to standard output.
+    Export {
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Replace the state with a JSON export.
+    Import {
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The JSON written by `kcaudit state export`.
+        #[arg(value_name = "JSON")]
+        input: PathBuf,
     },
 }
 
@@ -120,6 +158,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate(args) => validate(&args),
+        Command::State { action } => state_command(action),
         Command::AuditRealm { format, fail_on, max_token_lifespan, allow_impersonation, files } => {
             let fail_on = match crate::realm_audit::Severity::parse(&fail_on) {
                 Ok(s) => s,
@@ -143,7 +182,7 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Serve(args) => with_config(&args, |c| runtime()?.block_on(serve(c))),
-        Command::Replay { mut config, format, out, report, directory, realm_export, fail_on_reject, quiet, inputs } => {
+        Command::Replay { mut config, format, out, report, directory, realm_export, state, fail_on_reject, quiet, inputs } => {
             if let Some(d) = directory {
                 config.set.push(format!("enrich.directory={:?}", d.display().to_string()));
             }
@@ -152,7 +191,7 @@ pub fn main() -> ExitCode {
                 config.set.push(format!("enrich.realm_exports=[{}]", list.join(",")));
             }
             with_config(&config, |c| {
-            let req = crate::sources::replay::ReplayRequest { inputs, format, out, progress: !quiet };
+            let req = crate::sources::replay::ReplayRequest { inputs, format, out, progress: !quiet, state };
             let rep = runtime()?.block_on(crate::sources::replay::run(&c, &req))?;
             if let Some(path) = report {
                 let text = serde_json::to_string_pretty(&rep)?;
@@ -180,6 +219,38 @@ pub fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn state_command(action: StateAction) -> ExitCode {
+    use crate::detect::store::StateStore;
+    let (config, state) = match &action {
+        StateAction::Inspect { config, state } | StateAction::Export { config, state } | StateAction::Import { config, state, .. } => (config.clone(), state.clone()),
+    };
+    with_config(&config, |c| {
+        let path = state.unwrap_or_else(|| c.data_path(&c.detect.state_file));
+        match action {
+            StateAction::Inspect { .. } => {
+                let st = StateStore::open(&path)?.load()?.unwrap_or_default();
+                let clients: usize = st.realms.values().map(|r| r.clients.len()).sum();
+                let newest = chrono::DateTime::from_timestamp_millis(st.newest_ms).map(|t| crate::event::format_time(&t)).unwrap_or_else(|| "-".into());
+                println!("state: {}", path.display());
+                println!("realms: {}  clients: {}  keys: {}  size: {} bytes  newest event: {}", st.realms.len(), clients, st.key_count(), st.approx_bytes(), newest);
+                for (name, r) in &st.realms {
+                    println!("  {name}: {} clients", r.clients.len());
+                }
+            }
+            StateAction::Export { .. } => {
+                let st = StateStore::open(&path)?.load()?.unwrap_or_default();
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            }
+            StateAction::Import { input, .. } => {
+                let st: crate::detect::state::State = serde_json::from_slice(&std::fs::read(&input)?).map_err(|e| anyhow::anyhow!("{}: not a state export: {e}", input.display()))?;
+                StateStore::open(&path)?.save(&st)?;
+                eprintln!("kcaudit state import: {} keys written to {}", st.key_count(), path.display());
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

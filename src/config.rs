@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::DecodeOptions;
+use crate::detect::DetectOptions;
 use crate::enrich::EnrichOptions;
 use crate::keycloak_api::{AdminApi, AdminApiOptions};
 use crate::pipeline::{DedupOptions, PipelineOptions};
@@ -33,6 +34,7 @@ pub struct Config {
     pub enrich: EnrichOptions,
     pub admin_api: AdminApiOptions,
     pub poll: PollOptions,
+    pub detect: DetectOptions,
     pub dedup: DedupOptions,
     pub pipeline: PipelineOptions,
     pub dead_letter: DeadLetterOptions,
@@ -49,6 +51,7 @@ impl Default for Config {
             enrich: EnrichOptions::default(),
             admin_api: AdminApiOptions::default(),
             poll: PollOptions::default(),
+            detect: DetectOptions::default(),
             dedup: DedupOptions::default(),
             pipeline: PipelineOptions::default(),
             dead_letter: DeadLetterOptions::default(),
@@ -204,6 +207,11 @@ impl Config {
                 p.push(Problem { key: "enrich.realm_exports".into(), message: format!("{} does not exist", f.display()), is_error: true });
             }
         }
+        for id in self.detect.rules.keys() {
+            if !crate::detect::RULES.contains(&id.as_str()) {
+                p.push(Problem { key: format!("detect.rules.{id}"), message: format!("unknown rule; known rules: {}", crate::detect::RULES.join(", ")), is_error: true });
+            }
+        }
         if self.poll.enabled {
             if self.admin_api.url.is_none() {
                 p.push(Problem { key: "poll.enabled".into(), message: "polling needs [admin_api] url and credentials".into(), is_error: true });
@@ -235,6 +243,24 @@ impl Config {
     /// The enrichment stage this config asks for (None: no source configured).
     pub fn enricher(&self, api: Option<std::sync::Arc<AdminApi>>, metrics: crate::metrics::Metrics) -> anyhow::Result<Option<std::sync::Arc<crate::enrich::Enricher>>> {
         crate::enrich::Enricher::from_options(&self.enrich, api, metrics)
+    }
+
+    /// The enrichment and detection stages this config asks for.
+    /// `state`: where detection state is persisted (None: memory only).
+    pub fn stages(&self, api: Option<std::sync::Arc<AdminApi>>, metrics: crate::metrics::Metrics, state: Option<&Path>) -> anyhow::Result<crate::pipeline::Stages> {
+        let detector = if self.detect.enabled {
+            let mut d = match state {
+                Some(p) => crate::detect::Detector::with_store(self.detect.clone(), p)?,
+                None => crate::detect::Detector::new(self.detect.clone()),
+            };
+            if let Some(s) = d.store.as_mut() {
+                s.save_every = self.detect.state_save_every;
+            }
+            Some(std::sync::Arc::new(std::sync::Mutex::new(d)))
+        } else {
+            None
+        };
+        Ok(crate::pipeline::Stages { enricher: self.enricher(api, metrics)?, detector })
     }
 
     /// `path` resolved against `data_dir` when relative.

@@ -87,6 +87,11 @@ pub struct AuditEvent {
     /// Context about the exchanger, the subject, the audiences and the realm's exchange policy, from
     /// the Keycloak directory (null when enrichment is not configured).
     pub enrichment: Option<Enrichment>,
+    /// What the detection stage found, each finding explained (empty when nothing, or when detection
+    /// is off).
+    pub findings: Vec<Finding>,
+    /// The highest finding's severity (null without findings).
+    pub severity: Option<Severity>,
     /// Where this record came from.
     pub origin: Origin,
     /// Everything odd noticed while decoding this record. An empty list means a clean decode.
@@ -335,8 +340,13 @@ pub struct Enrichment {
     pub subject_token_client: Option<Arc<ClientInfo>>,
     /// V1 impersonation: the impersonating user (the detail is a username).
     pub impersonator: Option<Arc<UserInfo>>,
+    /// V1 impersonation: the user asked for (`requested_subject`, a username or an id), resolved even
+    /// when the exchange failed and the event has no `userId`.
+    pub requested_subject: Option<Arc<UserInfo>>,
     /// Whether the exchange was within what the realm configuration allows the exchanger.
     pub policy: Option<Arc<PolicyVerdict>>,
+    /// Admin events on a client (`clients/<uuid>/...`): the client that was changed.
+    pub resource_client: Option<Arc<ClientInfo>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -415,4 +425,74 @@ pub struct PolicyVerdict {
     pub reason: String,
     /// Audiences the configuration grants the exchanger, when known.
     pub allowed_audiences: Option<Vec<String>>,
+}
+
+/// How bad a finding is. Ordered so that `>=` means "at least as bad" (`--fail-on` uses that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    /// All severities from the worst down: the order people read reports in.
+    pub const DESCENDING: [Severity; 5] = [
+        Severity::Critical,
+        Severity::High,
+        Severity::Medium,
+        Severity::Low,
+        Severity::Info,
+    ];
+
+    /// Parse a `--fail-on` value. Case-insensitive because people type `HIGH` as often as `high`.
+    pub fn parse(s: &str) -> Result<Severity, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "info" => Ok(Severity::Info),
+            "low" => Ok(Severity::Low),
+            "medium" => Ok(Severity::Medium),
+            "high" => Ok(Severity::High),
+            "critical" => Ok(Severity::Critical),
+            other => Err(format!(
+                "unknown severity '{other}' (expected one of: info, low, medium, high, critical)"
+            )),
+        }
+    }
+
+    /// The lowercase name, the same string serde writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One detection result, explained for a tired on-call analyst.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    /// Stable rule id (`new-audience`, `impersonation-privileged-target`, ...; see `rules/`).
+    pub rule: String,
+    pub severity: Severity,
+    /// Short title.
+    pub title: String,
+    /// One sentence saying what happened and why it is unusual, with the evidence.
+    pub reason: String,
+    /// MITRE ATT&CK technique ids.
+    pub attack: Vec<String>,
+    /// Other events that belong to the story (earlier failures, the precursor admin event, ...).
+    pub related_event_ids: Vec<String>,
 }

@@ -15,6 +15,7 @@
 //! - [`keycloak_api`]: the Keycloak Admin REST API client (token, cache, rate limit, circuit breaker).
 //! - [`enrich`]: the enrichment stage (exchanger, subject, audiences, exchange policy).
 //! - [`realm_audit`]: `kcaudit audit-realm`, token-exchange misconfigurations in realm exports (text, JSON, SARIF).
+//! - [`detect`]: stateful detection rules (findings with reasons, ATT&CK ids, related events).
 //! - [`pipeline`]: bounded stages, deduplication, acknowledgements, per-batch reports.
 //! - [`sinks`]: the [`sinks::Sink`] trait and its driver (batching, retry, dead-lettering); the audit
 //!   log file and stdout.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
+pub mod detect;
 pub mod directory;
 pub mod enrich;
 pub mod keycloak_api;

@@ -41,8 +41,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let dlq = DeadLetterStore::open(&config.data_path(&config.dead_letter.path))?;
     let metrics = Metrics::new();
     let api = config.admin_api_client()?;
-    let enricher = config.enricher(api.clone(), metrics.clone())?;
-    let pipeline = Pipeline::start_with(sinks(config)?, enricher, dlq, metrics, &config.dedup, &config.pipeline);
+    let stages = config.stages(api.clone(), metrics.clone(), Some(&config.data_path(&config.detect.state_file)))?;
+    let pipeline = Pipeline::start_with(sinks(config)?, stages, dlq, metrics, &config.dedup, &config.pipeline);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();

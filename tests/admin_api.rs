@@ -103,7 +103,7 @@ async fn an_outage_marks_events_not_enriched_and_enrichment_resumes() {
             batch: Default::default(),
             retry: Default::default(),
         }],
-        enricher,
+        kcaudit::pipeline::Stages { enricher, detector: None },
         DeadLetterStore::open(&dir.path().join("dlq.jsonl")).unwrap(),
         metrics.clone(),
         &config.dedup,

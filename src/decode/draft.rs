@@ -143,6 +143,8 @@ impl Draft {
             details,
             admin: self.admin,
             enrichment: None,
+            findings: Vec::new(),
+            severity: None,
             origin: self.origin,
             warnings: self.warnings,
         };

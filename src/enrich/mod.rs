@@ -253,6 +253,8 @@ impl Enricher {
             subject_token_client: None,
             impersonator: None,
             policy: None,
+            resource_client: None,
+            requested_subject: None,
         };
         let mut resolved_any = false;
         let realm = match ev.realm.id.as_deref().or(ev.realm.name.as_deref()) {
@@ -283,7 +285,7 @@ impl Enricher {
                 None => None,
             };
             let mut audiences = Vec::new();
-            let (mut stc, mut imp) = (None, None);
+            let (mut stc, mut imp, mut target) = (None, None, None);
             if let Some(te) = &ev.token_exchange {
                 audiences.reserve(te.audiences.len());
                 for a in &te.audiences {
@@ -302,6 +304,19 @@ impl Enricher {
                 if let Some(name) = &te.impersonator {
                     imp = self.note(chain.user_by_username(realm, name).await, &mut en.misses);
                 }
+                if let Some(rs) = &te.requested_subject {
+                    // The parameter is a username or a user id; the event's userId (on success) is the id.
+                    target = match chain.user_by_username(realm, rs).await {
+                        Res::Found(u) => Some(u),
+                        _ => match chain.user(realm, ev.subject.id.as_deref().unwrap_or(rs)).await {
+                            Res::Found(u) => Some(u),
+                            Res::Missing(m) | Res::Unavailable(m) => {
+                                en.misses.push(format!("requested subject: {m}"));
+                                None
+                            }
+                        },
+                    };
+                }
             }
             let mut memo = self.memo();
             let v1 = chain.v1(realm);
@@ -309,6 +324,7 @@ impl Enricher {
             en.subject = subject.map(|u| memo.user(&self.opts, u));
             en.subject_token_client = stc.map(|c| memo.client(c, v1));
             en.impersonator = imp.map(|u| memo.user(&self.opts, u));
+            en.requested_subject = target.map(|u| memo.user(&self.opts, u));
             if let Some(te) = &ev.token_exchange {
                 en.audiences = te
                     .audiences
@@ -342,6 +358,14 @@ impl Enricher {
         }
         if let Some(uid) = &a.auth.user_id {
             en.subject = self.note(chain.user(&realm, uid).await, &mut en.misses).map(|u| self.memo().user(&self.opts, u));
+        }
+        // The changed client (`clients/<uuid>/...`) lives in the event's (target) realm.
+        let target = ev.realm.id.as_deref().or(ev.realm.name.as_deref());
+        let uuid = a.resource_path.as_deref().and_then(|p| p.strip_prefix("clients/")).map(|p| p.split('/').next().unwrap_or(p));
+        if let (Some(target), Some(uuid)) = (target, uuid) {
+            if let Res::Found(r) = chain.realm(target).await {
+                en.resource_client = self.note(chain.client_by_uuid(&r, uuid).await, &mut en.misses).map(|c| self.memo().client(c, chain.v1(&r)));
+            }
         }
         true
     }

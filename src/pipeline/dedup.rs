@@ -108,6 +108,8 @@ mod tests {
             details: Default::default(),
             admin: None,
             enrichment: None,
+            findings: Vec::new(),
+            severity: None,
             origin: Origin { input: "a".into(), ..Default::default() },
             warnings: vec![],
         }

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::dead_letter::{DeadLetter, DeadLetterStore, Stage};
 use crate::decode::{Decoded, Item};
+use crate::detect::Detector;
 use crate::enrich::Enricher;
 use crate::event::{AuditEvent, Origin, Warning};
 use crate::metrics::{reason_label, Metrics};
@@ -251,13 +252,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn start(sinks: Vec<SinkSpec>, dead_letters: DeadLetterStore, metrics: Metrics, dedup: &DedupOptions, opts: &PipelineOptions) -> Pipeline {
-        Self::start_with(sinks, None, dead_letters, metrics, dedup, opts)
+        Self::start_with(sinks, Stages::default(), dead_letters, metrics, dedup, opts)
     }
 
-    /// Start with an enrichment stage (applied to accepted events before the sinks).
+    /// Start with enrichment and detection stages (applied, in that order, to accepted events before
+    /// the sinks).
     pub fn start_with(
         sinks: Vec<SinkSpec>,
-        enricher: Option<Arc<Enricher>>,
+        stages: Stages,
         dead_letters: DeadLetterStore,
         metrics: Metrics,
         dedup: &DedupOptions,
@@ -274,7 +276,8 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel(opts.queue_batches.max(1));
         let central = Central {
             sinks: senders,
-            enricher,
+            enricher: stages.enricher,
+            detector: stages.detector,
             dedup: dedup.enabled.then(|| Arc::new(Mutex::new(Dedup::new(dedup.window_secs, dedup.max_entries)))),
             dead_letters: dead_letters.clone(),
             metrics: metrics.clone(),
@@ -300,9 +303,18 @@ impl Pipeline {
     }
 }
 
+/// The optional processing stages between dedup and the sinks.
+#[derive(Default)]
+pub struct Stages {
+    pub enricher: Option<Arc<Enricher>>,
+    /// Shared so its state can be persisted and inspected while the pipeline runs.
+    pub detector: Option<Arc<Mutex<Detector>>>,
+}
+
 struct Central {
     sinks: Vec<(String, mpsc::Sender<SinkItem>)>,
     enricher: Option<Arc<Enricher>>,
+    detector: Option<Arc<Mutex<Detector>>>,
     dedup: Option<Arc<Mutex<Dedup>>>,
     dead_letters: DeadLetterStore,
     metrics: Metrics,
@@ -312,6 +324,9 @@ impl Central {
     async fn run(self, mut rx: mpsc::Receiver<Submission>) {
         while let Some(sub) = rx.recv().await {
             self.process(sub).await;
+        }
+        if let Some(d) = &self.detector {
+            d.lock().unwrap_or_else(|p| p.into_inner()).persist(true);
         }
     }
 
@@ -398,6 +413,13 @@ impl Central {
                 refs.push(e);
             }
             en.enrich_all(refs).await;
+        }
+        if let Some(d) = &self.detector {
+            let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, e) in fresh.iter_mut() {
+                d.process(e);
+            }
+            d.persist(false);
         }
         let accepted: Vec<(usize, Arc<AuditEvent>)> = fresh
             .into_iter()

@@ -32,58 +32,7 @@ pub use render::{render_json, render_text};
 pub use rules::{RuleInfo, RULES};
 pub use sarif::render_sarif;
 
-/// How bad a finding is. Ordered so that `>=` means "at least as bad" (`--fail-on` uses that).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    /// All severities from the worst down: the order people read reports in.
-    pub const DESCENDING: [Severity; 5] = [
-        Severity::Critical,
-        Severity::High,
-        Severity::Medium,
-        Severity::Low,
-        Severity::Info,
-    ];
-
-    /// Parse a `--fail-on` value. Case-insensitive because people type `HIGH` as often as `high`.
-    pub fn parse(s: &str) -> Result<Severity, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "info" => Ok(Severity::Info),
-            "low" => Ok(Severity::Low),
-            "medium" => Ok(Severity::Medium),
-            "high" => Ok(Severity::High),
-            "critical" => Ok(Severity::Critical),
-            other => Err(format!(
-                "unknown severity '{other}' (expected one of: info, low, medium, high, critical)"
-            )),
-        }
-    }
-
-    /// The lowercase name, the same string serde writes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
-
-impl std::fmt::Display for Severity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::event::Severity;
 
 /// One problem found in one file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -40,6 +40,8 @@ pub struct ReplayRequest {
     /// `None`: standard output.
     pub out: Option<PathBuf>,
     pub progress: bool,
+    /// Detection state to resume from and save to (None: fresh, in memory).
+    pub state: Option<PathBuf>,
 }
 
 /// One line of the report: a record that was not simply accepted, or was accepted with warnings.
@@ -102,10 +104,10 @@ pub async fn run(config: &Config, req: &ReplayRequest) -> anyhow::Result<ReplayR
         None => Box::new(StdoutSink),
     };
     let metrics = Metrics::new();
-    let enricher = config.enricher(config.admin_api_client()?, metrics.clone())?;
+    let stages = config.stages(config.admin_api_client()?, metrics.clone(), req.state.as_deref())?;
     let pipeline = Pipeline::start_with(
         vec![SinkSpec { sink, batch: BatchOptions { max_events: 4096, max_wait_ms: 5, queue_capacity: 8192 }, retry: RetryOptions::default() }],
-        enricher,
+        stages,
         dlq,
         metrics,
         &config.dedup,

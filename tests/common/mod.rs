@@ -30,6 +30,7 @@ pub async fn replay(dir: &Path, sets: &[&str], inputs: &[PathBuf], format: Forma
         format,
         out: Some(out.clone()),
         progress: false,
+        state: None,
     };
     let report = replay::run(&config, &req).await.expect("replay runs");
     (replay::read_events(&out).expect("output is JSON lines of events"), report)

@@ -1,0 +1,83 @@
+//! Detection state: per realm, per client baselines and sliding windows, all keyed on event time.
+//!
+//! One serialisable value, so it can be persisted (redb, `store.rs`), exported and imported
+//! (`kcaudit state`), and compared in tests. Memory is bounded by construction: windows are pruned as
+//! time advances, hourly volumes keep two weeks, and per-client maps grow only with distinct
+//! audiences, networks and origins, which are few per client.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Newest event time seen (ms), the reference for lateness.
+    pub newest_ms: i64,
+    pub realms: BTreeMap<String, RealmState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RealmState {
+    /// First event time seen in the realm: the learning period starts here.
+    pub first_ms: i64,
+    pub clients: BTreeMap<String, ClientState>,
+    /// Recent TOKEN_EXCHANGE_ERROR per source address: (time, event id, clientId).
+    pub ip_errors: BTreeMap<String, VecDeque<(i64, String, String)>>,
+}
+
+/// When something was first seen, and whether it was new at that time (after the baseline was
+/// established), which keeps the follow-up events of a novelty visible for the novelty window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Seen {
+    pub first_ms: i64,
+    pub novel: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Precursor {
+    pub time_ms: i64,
+    pub event_id: String,
+    pub what: String,
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientState {
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub events: u64,
+    /// Audiences obtained (successful exchanges).
+    pub audiences: BTreeMap<String, Seen>,
+    /// Subject-token origin clients.
+    pub origins: BTreeMap<String, Seen>,
+    /// The latest origin: the hop behind this client's tokens, for chain depth.
+    pub upstream: Option<String>,
+    /// Networks (prefixes) called from.
+    pub networks: BTreeMap<String, Seen>,
+    /// Events per hour of day (UTC).
+    pub hours: [u64; 24],
+    pub impersonation_first_ms: Option<i64>,
+    /// Recent failed exchanges: (time, event id).
+    pub errors: VecDeque<(i64, String)>,
+    /// Recent audiences asked for: (time, audience, event id).
+    pub asked: VecDeque<(i64, String, String)>,
+    /// Hourly volume: the current hour bucket, its count, and the last two weeks of counts.
+    pub hour_bucket: i64,
+    pub hour_count: u64,
+    pub hourly: VecDeque<u64>,
+    pub volume_flagged_bucket: Option<i64>,
+    /// The latest token-exchange configuration change on this client.
+    pub precursor: Option<Precursor>,
+}
+
+impl State {
+    /// Rough size in bytes of the serialised state (for `state inspect` and the benchmark).
+    pub fn approx_bytes(&self) -> usize {
+        serde_json::to_vec(self).map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Distinct keys: (realm, client, audience/network/origin) entries.
+    pub fn key_count(&self) -> usize {
+        self.realms.values().flat_map(|r| r.clients.values()).map(|c| 1 + c.audiences.len() + c.networks.len() + c.origins.len()).sum()
+    }
+}
