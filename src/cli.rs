@@ -87,6 +87,11 @@ pub enum Command {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// Detection rules: run the rule unit tests (fixture streams) or export Sigma rules.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Directory snapshots for enrichment.
     Directory {
         #[command(subcommand)]
@@ -131,6 +136,26 @@ pub enum StateAction {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RulesAction {
+    /// Run every test case (*.yml) in a folder through the replay pipeline and compare the findings;
+    /// exit 1 when any case fails (format: rules/README.md).
+    Test {
+        /// Folder of test cases.
+        #[arg(default_value = "rules/tests", value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Write one Sigma rule per detection rule, alerting on the findings kcaudit stamps on events.
+    Export {
+        /// Export as Sigma rules (the only format so far; required so a later format is not a surprise).
+        #[arg(long, required = true)]
+        sigma: bool,
+        /// Output folder (created if missing); one .yml per rule.
+        #[arg(long, short = 'o', value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum DirectoryAction {
     /// Write a snapshot (realms.json, <realm>.clients.json, <realm>.users.json) from the live admin API.
     Sync {
@@ -159,6 +184,7 @@ pub fn main() -> ExitCode {
         }
         Command::Validate(args) => validate(&args),
         Command::State { action } => state_command(action),
+        Command::Rules { action } => rules_command(action),
         Command::AuditRealm { format, fail_on, max_token_lifespan, allow_impersonation, files } => {
             let fail_on = match crate::realm_audit::Severity::parse(&fail_on) {
                 Ok(s) => s,
@@ -251,6 +277,35 @@ fn state_command(action: StateAction) -> ExitCode {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn rules_command(action: RulesAction) -> ExitCode {
+    match action {
+        RulesAction::Test { dir } => match runtime().and_then(|rt| rt.block_on(crate::detect::rules_test::run_dir(&dir))) {
+            Ok(report) => {
+                print!("{}", report.render());
+                if report.passed() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("kcaudit rules test: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        RulesAction::Export { sigma: _, out } => match crate::detect::sigma::write_sigma(&out) {
+            Ok(n) => {
+                eprintln!("kcaudit rules export: {n} Sigma rules written to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kcaudit rules export: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -155,3 +155,27 @@ async fn interrupted_replay_and_live_ingest_give_the_same_findings() {
     let st = kcaudit::detect::store::StateStore::open(&dir.path().join("detect-state.redb")).unwrap().load().unwrap().unwrap();
     assert!(st.key_count() > 20);
 }
+
+#[test]
+fn baselines_expire_so_state_stays_bounded() {
+    use kcaudit::detect::{DetectOptions, Detector};
+    let opts = DetectOptions { learning_period: std::time::Duration::from_secs(3600), min_observations: 1, baseline_retention: std::time::Duration::from_secs(2 * 86400), ..Default::default() };
+    let mut d = Detector::new(opts);
+    let day = 86_400_000i64;
+    let t0 = 1_773_043_084_120i64;
+    let mut ev = |id: &str, client: &str, aud: &str, t: i64| {
+        let mut e = one_event(format!(r#"{{"id":"{id}","time":{t},"type":"TOKEN_EXCHANGE","realmId":"r","clientId":"{client}","ipAddress":"10.0.0.1","details":{{"audience":"{aud}","subject_token_client_id":"web","username":"u"}}}}"#).as_bytes());
+        d.process(&mut e);
+        e
+    };
+    ev("a1", "gw", "orders", t0);
+    ev("a2", "gw", "orders", t0 + 2 * 3_600_000);
+    ev("b1", "old-client", "x", t0 + 2 * 3_600_000);
+    let again = ev("a3", "gw", "billing", t0 + 3 * 3_600_000);
+    assert!(again.findings.iter().any(|f| f.rule == "new-audience"), "baseline active: {:?}", again.findings);
+    ev("a5", "gw", "billing", t0 + 3 * day);
+    // Four days in: orders (unused for > 2 days) and old-client are forgotten; gw (active) is not.
+    let later = ev("a4", "gw", "orders", t0 + 4 * day);
+    assert!(later.findings.iter().any(|f| f.rule == "new-audience"), "an expired audience is new again: {:?}", later.findings);
+    assert!(d.state.realms["r"].clients.get("old-client").is_none(), "unseen clients are dropped");
+}

@@ -70,6 +70,11 @@ pub struct DetectOptions {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub allowed_lateness: Duration,
+    /// Baseline entries (audiences, networks, origins) and whole clients unused this long are
+    /// forgotten, which bounds memory and disk; longer than `dormant_after` so dormancy stays visible.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub baseline_retention: Duration,
     /// Realms whose findings are lowered one severity level (development, test).
     pub dev_realms: Vec<String>,
     /// Per-rule overrides, keyed by rule id.
@@ -105,6 +110,7 @@ impl Default for DetectOptions {
             ipv4_prefix: 24,
             ipv6_prefix: 64,
             allowed_lateness: Duration::from_secs(300),
+            baseline_retention: Duration::from_secs(90 * 86400),
             dev_realms: Vec::new(),
             rules: BTreeMap::new(),
             state_file: std::path::PathBuf::from("detect-state.redb"),

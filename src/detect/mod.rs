@@ -29,6 +29,8 @@
 pub mod config;
 pub mod state;
 pub mod store;
+pub mod rules_test;
+pub mod sigma;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -178,29 +180,47 @@ impl Detector {
     /// some learning is better than stopping the audit trail.
     pub fn persist(&mut self, force: bool) {
         if let Some(st) = self.store.as_mut() {
-            let r = if force { st.save(&self.state) } else { st.maybe_save(&self.state) };
-            if let Err(e) = r {
-                tracing::error!(error = format!("{e:#}"), path = %st.path().display(), "Could not save detection state.");
+            if !force && !st.due() {
+                return;
+            }
+            match st.save_changes(&mut self.state, false) {
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = format!("{e:#}"), path = %st.path().display(), "Could not save detection state."),
             }
         }
     }
 
     /// Evaluate one event (mutating it with its findings) and learn from it.
     pub fn process(&mut self, ev: &mut AuditEvent) {
+        let Detector { opts: o, state, .. } = self;
         let mut out = Out { findings: Vec::new() };
-        let t = ev.time.map(|t| t.timestamp_millis()).unwrap_or(self.state.newest_ms);
-        let late = t < self.state.newest_ms.saturating_sub(ms(self.opts.allowed_lateness));
-        self.state.newest_ms = self.state.newest_ms.max(t);
-        let realm_key = ev.realm.name.clone().or_else(|| ev.realm.id.clone()).unwrap_or_else(|| "?".into());
-        let o = self.opts.clone();
-        let rs = self.state.realms.entry(realm_key.clone()).or_default();
+        let t = ev.time.map(|t| t.timestamp_millis()).unwrap_or(state.newest_ms);
+        let late = t < state.newest_ms.saturating_sub(ms(o.allowed_lateness));
+        state.newest_ms = state.newest_ms.max(t);
+        // Once a day of event time, forget clients unseen for the retention period.
+        let retention = ms(o.baseline_retention);
+        if t - state.pruned_ms > 86_400_000 {
+            if state.pruned_ms != 0 {
+                state.expire(t - retention);
+            }
+            state.pruned_ms = t;
+        }
+        let realm_key = ev.realm.name.as_deref().or(ev.realm.id.as_deref()).unwrap_or("?");
+        if !state.realms.contains_key(realm_key) {
+            state.realms.insert(realm_key.to_string(), Default::default());
+        }
+        let Some(rs) = state.realms.get_mut(realm_key) else { return };
         if rs.first_ms == 0 || t < rs.first_ms {
             rs.first_ms = t;
         }
         let learning = t < rs.first_ms.saturating_add(ms(o.learning_period));
 
         if ev.kind == EventKind::Admin {
-            admin_event(&o, rs, ev, t, &mut out);
+            if let Some(c) = admin_event(o, rs, ev, t, &mut out) {
+                if let Some(cs) = rs.clients.get_mut(&c) {
+                    cs.dirty = true;
+                }
+            }
         } else if let Some(client) = ev.client_id.clone() {
             // Per-IP error bursts (client authentication failures carry an attacker-chosen clientId).
             let te_error = ev.token_exchange.is_some() && ev.outcome == Outcome::Failure;
@@ -224,7 +244,8 @@ impl Detector {
             }
             let upstream_depth = ev.token_exchange.as_ref().and_then(|te| te.subject_token_client_id.clone()).map(|stc| chain_depth(rs, &stc));
             let cs = rs.clients.entry(client.clone()).or_default();
-            client_rules(&o, cs, ev, &client, t, learning, late, upstream_depth, &mut out);
+            client_rules(o, cs, ev, &client, t, learning, late, upstream_depth, &mut out);
+            cs.dirty = true;
         }
 
         // Overrides, scoping, development realms; then the event's overall severity.
@@ -278,18 +299,21 @@ fn chain_depth(rs: &state::RealmState, client: &str) -> u32 {
     depth
 }
 
-/// Admin events that change what a client may exchange: recorded as precursors on that client.
-fn admin_event(o: &DetectOptions, rs: &mut state::RealmState, ev: &AuditEvent, t: i64, out: &mut Out) {
-    let Some(a) = &ev.admin else { return };
+/// Admin events that change what a client may exchange: recorded as precursors on that client,
+/// whose clientId is returned (its state changed).
+fn admin_event(o: &DetectOptions, rs: &mut state::RealmState, ev: &AuditEvent, t: i64, out: &mut Out) -> Option<String> {
+    let Some(a) = &ev.admin else { return None };
     let rt = a.resource_type.as_deref().unwrap_or("");
     let path = a.resource_path.as_deref().unwrap_or("");
     let repr = a.representation.as_deref().unwrap_or("");
     let relevant = matches!(rt, "PROTOCOL_MAPPER" | "CLIENT_SCOPE" | "CLIENT_SCOPE_MAPPING" | "CLIENT_SCOPE_CLIENT_MAPPING" | "AUTHORIZATION_POLICY" | "AUTHORIZATION_SCOPE" | "AUTHORIZATION_RESOURCE" | "AUTHORIZATION_RESOURCE_SERVER")
-        || (rt == "CLIENT" && (repr.contains("token.exchange") || repr.contains("fullScopeAllowed")))
+        // A full client representation always carries every attribute, so only a representation that
+        // mentions token exchange counts (a `fullScopeAllowed` flip cannot be told from any update).
+        || (rt == "CLIENT" && repr.contains("token.exchange"))
         || path.contains("/permissions")
         || repr.contains("oidc-audience-mapper");
     if !relevant {
-        return;
+        return None;
     }
     let en = ev.enrichment.as_ref();
     let client = en.and_then(|e| e.resource_client.as_ref()).map(|c| c.client_id.clone());
@@ -304,33 +328,39 @@ fn admin_event(o: &DetectOptions, rs: &mut state::RealmState, ev: &AuditEvent, t
         (None, other) => format!("changed {}", other.to_lowercase().replace('_', " ")),
     };
     let target = client.clone().unwrap_or_else(|| path.to_string());
-    out.push(
-        "exchange-config-change",
-        Severity::Low,
-        format!("{actor} {} ({}) on {target}; later findings on this client are linked to it", what, a.operation.as_deref().unwrap_or("change")),
-        vec![],
-    );
-    if let Some(c) = client {
-        let cs = rs.clients.entry(c).or_default();
-        cs.precursor = Some(state::Precursor { time_ms: t, event_id: ev.id.clone(), what: format!("{actor} {what}"), audience });
-    }
+    let link = if client.is_some() { "; later findings on this client are linked to it" } else { " (client not resolved: enrichment needed to link later findings)" };
+    out.push("exchange-config-change", Severity::Low, format!("{actor} {} ({}) on {target}{link}", what, a.operation.as_deref().unwrap_or("change")), vec![]);
     let _ = o;
+    let c = client?;
+    let cs = rs.clients.entry(c.clone()).or_default();
+    cs.last_ms = cs.last_ms.max(t); // keep the precursor through the daily expiry
+    cs.precursor = Some(state::Precursor { time_ms: t, event_id: ev.id.clone(), what: format!("{actor} {what}"), audience });
+    Some(c)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client: &str, t: i64, learning: bool, late: bool, upstream_depth: Option<u32>, out: &mut Out) {
+    // Forget what this client has not used for the retention period (once a day of event time).
+    if !late && t - cs.pruned_ms > 86_400_000 {
+        cs.expire(t - ms(o.baseline_retention));
+        cs.pruned_ms = t;
+    }
     let established = !learning && cs.events >= u64::from(o.min_observations);
     let en = ev.enrichment.as_ref();
+    // Network, hours, dormancy and volume describe the client's own calls: token exchanges and its
+    // service-account logins. Browser-facing events (LOGIN, CODE_TO_TOKEN of a public client) carry
+    // end users' addresses and times, which say nothing about the client.
+    let own_call = ev.token_exchange.is_some() || ev.event_type == "CLIENT_LOGIN" || ev.event_type == "CLIENT_LOGIN_ERROR";
     let success = ev.outcome == Outcome::Success;
     let novelty = ms(o.novelty_window);
 
     // Dormant client reactivated.
-    if established && cs.last_ms > 0 && t - cs.last_ms >= ms(o.dormant_after) {
+    if own_call && established && cs.last_ms > 0 && t - cs.last_ms >= ms(o.dormant_after) {
         out.push("dormant-client", Severity::Medium, format!("{client} was silent for {} and is active again", span(t - cs.last_ms)), vec![]);
     }
 
     // New network.
-    if let Some(ip) = ev.ip {
+    if let Some(ip) = ev.ip.filter(|_| own_call) {
         let net = network(&ip, o.ipv4_prefix, o.ipv6_prefix);
         match cs.networks.get(&net) {
             None => {
@@ -339,7 +369,7 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
                     out.push("new-network", Severity::Medium, format!("{client} called from {ip} ({net}) for the first time; before it used only {}", list(known, 4)), vec![]);
                 }
                 if !late {
-                    cs.networks.insert(net, state::Seen { first_ms: t, novel: established });
+                    cs.networks.insert(net.clone(), state::Seen { first_ms: t, last_ms: t, novel: established });
                 }
             }
             Some(seen) if seen.novel && t - seen.first_ms <= novelty => {
@@ -347,12 +377,15 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
             }
             Some(_) => {}
         }
+        if let Some(s) = cs.networks.get_mut(&net).filter(|_| !late) {
+            s.last_ms = s.last_ms.max(t);
+        }
     }
 
     // Usual hours, learned per client.
     let hour = ev.time.map(|t| t.hour() as usize).unwrap_or(0);
     let total: u64 = cs.hours.iter().sum();
-    if !learning && total >= u64::from(o.hours_min_observations) && ev.time.is_some() {
+    if own_call && !learning && total >= u64::from(o.hours_min_observations) && ev.time.is_some() {
         let around: u64 = [23, 0, 1].iter().map(|d| cs.hours[(hour + d) % 24]).sum();
         if (around as f64) < o.hours_rare_share * total as f64 {
             let busy: Vec<String> = {
@@ -366,7 +399,7 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
 
     // Volume per hour.
     let bucket = t.div_euclid(3_600_000);
-    if cs.hour_bucket != bucket {
+    if own_call && !late && cs.hour_bucket != bucket {
         if cs.hour_bucket != 0 {
             cs.hourly.push_back(cs.hour_count);
             while cs.hourly.len() > 24 * 14 {
@@ -376,8 +409,10 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
         cs.hour_bucket = bucket;
         cs.hour_count = 0;
     }
-    cs.hour_count += 1;
-    if established && cs.hourly.len() >= 24 {
+    if own_call && !late && cs.hour_bucket == bucket {
+        cs.hour_count += 1;
+    }
+    if own_call && established && cs.hourly.len() >= 24 {
         let mean = cs.hourly.iter().sum::<u64>() as f64 / cs.hourly.len() as f64;
         let limit = (mean * o.volume_factor).max(o.volume_min_per_hour as f64);
         if cs.hour_count as f64 > limit && !cs.volume_flagged_bucket.is_some_and(|b| b == bucket) {
@@ -400,6 +435,8 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
                     format!("{client} succeeded after {} failed exchanges in the last {}", cs.errors.len(), span(window)),
                     cs.errors.iter().map(|(_, id)| id.clone()).collect(),
                 );
+                // The episode is over: the next success needs fresh failures to be reported.
+                cs.errors.clear();
             }
         } else {
             cs.errors.push_back((t, ev.id.clone()));
@@ -457,8 +494,8 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
                 }
                 _ => {}
             }
-            if success && !late && !cs.audiences.contains_key(a) {
-                cs.audiences.insert(a.clone(), state::Seen { first_ms: t, novel: established });
+            if success && !late {
+                cs.audiences.entry(a.clone()).or_insert(state::Seen { first_ms: t, last_ms: t, novel: established }).last_ms = t;
             }
         }
         if let Some(p) = en.and_then(|e| e.policy.as_ref()).filter(|p| p.within_policy == Within::No) {
@@ -513,14 +550,14 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
                     out.push("new-origin-client", Severity::Medium, format!("{client} exchanged a token first issued to {stc} for the first time; its subject tokens came only from {}", list(cs.origins.keys().cloned(), 4)), vec![]);
                 }
                 if !late {
-                    cs.origins.entry(stc.clone()).or_insert(state::Seen { first_ms: t, novel: established });
+                    cs.origins.entry(stc.clone()).or_insert(state::Seen { first_ms: t, last_ms: t, novel: established }).last_ms = t;
                     cs.upstream = Some(stc.clone());
                 }
             }
             if let Some(d) = upstream_depth {
-                let hops = d + 2; // origin login → stc → this client
-                if hops > o.max_chain_hops + 1 {
-                    out.push("multi-hop-chain", Severity::Low, format!("{client} exchanged a token that had already passed through {hops} clients (starting from {stc}'s chain)"), vec![]);
+                let before = d + 1; // the clients the token passed through before reaching this one
+                if before + 1 > o.max_chain_hops + 1 {
+                    out.push("multi-hop-chain", Severity::Low, format!("{client} exchanged a token that had already passed through {before} clients (last: {stc})"), vec![]);
                 }
             }
         }
@@ -546,10 +583,12 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
         if cs.first_ms == 0 || t < cs.first_ms {
             cs.first_ms = t;
         }
-        cs.last_ms = cs.last_ms.max(t);
         cs.events += 1;
-        if ev.time.is_some() {
-            cs.hours[hour] += 1;
+        if own_call {
+            cs.last_ms = cs.last_ms.max(t);
+            if ev.time.is_some() {
+                cs.hours[hour] += 1;
+            }
         }
     }
 }

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub struct State {
     /// Newest event time seen (ms), the reference for lateness.
     pub newest_ms: i64,
+    /// Event time of the last pass that dropped clients unseen for the retention period.
+    #[serde(default)]
+    pub pruned_ms: i64,
     pub realms: BTreeMap<String, RealmState>,
 }
 
@@ -30,6 +33,9 @@ pub struct RealmState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Seen {
     pub first_ms: i64,
+    /// Last use; entries unused for `detect.baseline_retention` expire.
+    #[serde(default)]
+    pub last_ms: i64,
     pub novel: bool,
 }
 
@@ -68,9 +74,36 @@ pub struct ClientState {
     pub volume_flagged_bucket: Option<i64>,
     /// The latest token-exchange configuration change on this client.
     pub precursor: Option<Precursor>,
+    /// Event time of the last expiry pass over this client's maps.
+    #[serde(default)]
+    pub pruned_ms: i64,
+    /// Changed since the last save (not persisted).
+    #[serde(skip)]
+    pub dirty: bool,
+}
+
+impl ClientState {
+    /// Forget audiences, networks and origins unused since `horizon` (event time).
+    pub fn expire(&mut self, horizon: i64) {
+        self.audiences.retain(|_, s| s.last_ms.max(s.first_ms) >= horizon);
+        self.networks.retain(|_, s| s.last_ms.max(s.first_ms) >= horizon);
+        self.origins.retain(|_, s| s.last_ms.max(s.first_ms) >= horizon);
+    }
 }
 
 impl State {
+    /// Forget clients unseen since `horizon` and IP windows that emptied.
+    pub fn expire(&mut self, horizon: i64) -> usize {
+        let mut dropped = 0;
+        for r in self.realms.values_mut() {
+            let before = r.clients.len();
+            r.clients.retain(|_, c| c.last_ms >= horizon);
+            dropped += before - r.clients.len();
+            r.ip_errors.retain(|_, w| w.back().is_some_and(|(t, _, _)| *t >= horizon));
+        }
+        dropped
+    }
+
     /// Rough size in bytes of the serialised state (for `state inspect` and the benchmark).
     pub fn approx_bytes(&self) -> usize {
         serde_json::to_vec(self).map(|v| v.len()).unwrap_or(0)

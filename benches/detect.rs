@@ -1,0 +1,96 @@
+//! Cost of the detection stage per event, and the size of its state.
+//! Run: `cargo bench --bench detect`.
+//!
+//! - `detect/1000_events`: the fixture's token-exchange events, re-timed onto a steady clock and given
+//!   fresh ids, pushed through the detector (state warm: the baselines exist).
+//! - Before the timing runs, the bench builds a state holding 1,000,000 (realm, exchanger, audience)
+//!   keys (1,000 clients × 1,000 audiences, each from its own network) and prints its serialised size
+//!   and the time to save it into redb.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+use kcaudit::decode::{decode_body, Context, Decoded, DecodeOptions, Format};
+use kcaudit::detect::{DetectOptions, Detector};
+use kcaudit::event::{AuditEvent, Origin};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn fixture_events() -> Vec<AuditEvent> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keycloak/keycloak-native-events.jsonl");
+    let body = std::fs::read(path).unwrap();
+    let opts = DecodeOptions::default();
+    let ctx = Context { opts: &opts, tz: opts.time_zone().unwrap(), deliveries: None, lines_may_be_noise: false };
+    let mut items = Vec::new();
+    decode_body(&body, Format::Auto, &Origin::default(), &ctx, &mut items);
+    items.into_iter().filter_map(|i| if let Decoded::Event(e) = i.decoded { Some(*e) } else { None }).collect()
+}
+
+fn stream(base: &[AuditEvent], n: usize, start_ms: i64) -> Vec<AuditEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e = base[i % base.len()].clone();
+            e.id = format!("bench-{i}");
+            e.time = chrono::DateTime::from_timestamp_millis(start_ms + i as i64 * 1000);
+            e
+        })
+        .collect()
+}
+
+fn state_size() {
+    let mut d = Detector::new(DetectOptions::default());
+    let base = fixture_events().into_iter().find(|e| e.event_type == "TOKEN_EXCHANGE" && e.token_exchange.as_ref().is_some_and(|t| !t.audiences.is_empty())).unwrap();
+    let t0 = 1_773_043_084_120i64;
+    for c in 0..1000 {
+        for a in 0..1000 {
+            let mut e = base.clone();
+            e.client_id = Some(format!("client-{c}"));
+            e.token_exchange.as_mut().unwrap().audiences = vec![format!("audience-{a}")];
+            e.time = chrono::DateTime::from_timestamp_millis(t0 + (c * 1000 + a) as i64);
+            d.process(&mut e);
+        }
+    }
+    let bytes = d.state.approx_bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = kcaudit::detect::store::StateStore::open(&dir.path().join("s.redb")).unwrap();
+    let started = std::time::Instant::now();
+    store.save(&d.state).unwrap();
+    let took = started.elapsed();
+    let file = std::fs::metadata(dir.path().join("s.redb")).unwrap().len();
+    println!(
+        "detect state: {} keys, {:.1} MiB serialised, {:.1} MiB redb file, saved in {:.2} s",
+        d.state.key_count(),
+        bytes as f64 / 1048576.0,
+        file as f64 / 1048576.0,
+        took.as_secs_f64()
+    );
+}
+
+fn bench(c: &mut Criterion) {
+    state_size();
+    let base = fixture_events();
+    let t0 = 1_773_043_084_120i64;
+    let mut warm = Detector::new(DetectOptions::default());
+    for mut e in stream(&base, 20_000, t0) {
+        warm.process(&mut e);
+    }
+    let batch = stream(&base, 1000, t0 + 20_000_000);
+    let mut g = c.benchmark_group("detect");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("1000_events", |b| {
+        b.iter_batched(
+            || (batch.clone(), Detector { opts: warm.opts.clone(), state: warm.state.clone(), store: None }),
+            |(mut evs, mut d)| {
+                for e in evs.iter_mut() {
+                    d.process(e);
+                }
+                (evs, d)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
