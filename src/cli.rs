@@ -92,6 +92,49 @@ pub enum Command {
         #[command(subcommand)]
         action: RulesAction,
     },
+    /// Generate realistic token-exchange traffic: to a file, or against a kcaudit webhook on loopback.
+    Loadgen {
+        /// Webhook URL (loopback only), e.g. http://127.0.0.1:8787/v1/events. Omit with --out.
+        #[arg(long)]
+        target: Option<String>,
+        /// Write the events as NDJSON to this file (`-` for stdout) instead of sending them.
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
+        /// Events to generate.
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Events per request (1: one event per request, as p2-inc's sender does).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Target events per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Stop after this many seconds even if --count is not reached.
+        #[arg(long, default_value_t = 60)]
+        max_seconds: u64,
+        /// Wire format: keycloak or p2inc.
+        #[arg(long, default_value = "keycloak", value_parser = ["keycloak", "p2inc"])]
+        format: String,
+        /// Share of TOKEN_EXCHANGE_ERROR events.
+        #[arg(long, default_value_t = 0.02)]
+        error_share: f64,
+        /// Distinct clients / users / audiences.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        #[arg(long, default_value_t = 5000)]
+        users: usize,
+        #[arg(long, default_value_t = 50)]
+        audiences: usize,
+        /// RNG seed (same seed, same events).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Environment variable with the HMAC secret to sign requests with (p2-inc style).
+        #[arg(long)]
+        secret_env: Option<String>,
+    },
     /// Directory snapshots for enrichment.
     Directory {
         #[command(subcommand)]
@@ -183,6 +226,33 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate(args) => validate(&args),
+        Command::Loadgen { target, out, count, batch, connections, rate, max_seconds, format, error_share, clients, users, audiences, seed, secret_env } => {
+            let gen = crate::loadgen::GenOptions { seed, clients, users, audiences, error_share, format, ..Default::default() };
+            let result: anyhow::Result<()> = (|| {
+                if let Some(path) = out {
+                    let mut w: Box<dyn std::io::Write> = if path.as_os_str() == "-" { Box::new(std::io::stdout().lock()) } else { Box::new(std::fs::File::create(&path)?) };
+                    let mut w = std::io::BufWriter::new(&mut w);
+                    crate::loadgen::write_file(gen, count, &mut w)?;
+                    return Ok(());
+                }
+                let target = target.ok_or_else(|| anyhow::anyhow!("give --target URL (loopback) or --out FILE"))?;
+                let secret = match secret_env {
+                    Some(v) => Some(std::env::var(&v).map_err(|_| anyhow::anyhow!("environment variable {v} is not set"))?.into_bytes()),
+                    None => None,
+                };
+                let o = crate::loadgen::DriveOptions { target, batch, connections, count, max_duration: std::time::Duration::from_secs(max_seconds), rate, secret };
+                let rep = runtime()?.block_on(crate::loadgen::drive(gen, o))?;
+                println!("{}", serde_json::to_string_pretty(&rep)?);
+                Ok(())
+            })();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kcaudit loadgen: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::State { action } => state_command(action),
         Command::Rules { action } => rules_command(action),
         Command::AuditRealm { format, fail_on, max_token_lifespan, allow_impersonation, files } => {

@@ -22,6 +22,7 @@
 //! - [`dead_letter`]: the durable store for everything that could not be delivered.
 //! - [`config`]: the TOML configuration (every option defaulted, unknown keys refused).
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`loadgen`]: `kcaudit loadgen`, repeatable token-exchange traffic for benchmarks (loopback only).
 //! - [`server`]: assembles a running instance; [`cli`]: the `kcaudit` command line; [`schema`]: JSON Schemas.
 
 pub mod cli;
@@ -32,6 +33,7 @@ pub mod detect;
 pub mod directory;
 pub mod enrich;
 pub mod keycloak_api;
+pub mod loadgen;
 pub mod event;
 pub mod metrics;
 pub mod pipeline;

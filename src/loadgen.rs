@@ -1,0 +1,249 @@
+//! `kcaudit loadgen`: realistic token-exchange traffic for benchmarks, against loopback only.
+//!
+//! Events follow the shapes of the shared timeline (V2 exchanges with `subject_token_client_id`, V1
+//! service exchanges, impersonation, errors) over many realms' worth of clients, users and audiences,
+//! generated from a seeded RNG so runs are repeatable. It either writes them to a file (for replay
+//! benchmarks) or drives a kcaudit webhook with N connections, as NDJSON batches or one event per
+//! request (how p2-inc's sender delivers), flat out or at a fixed rate, bounded in count and time,
+//! and reports the achieved rate, latency percentiles (HDR histogram) and errors.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    pub seed: u64,
+    pub clients: usize,
+    pub users: usize,
+    pub audiences: usize,
+    /// Share of TOKEN_EXCHANGE_ERROR events (0.0–1.0).
+    pub error_share: f64,
+    /// `keycloak` (EventRepresentation) or `p2inc` (webhook body).
+    pub format: String,
+    /// Event time of the first event (epoch ms); events are 10 ms apart.
+    pub start_ms: i64,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions { seed: 7, clients: 200, users: 5000, audiences: 50, error_share: 0.02, format: "keycloak".into(), start_ms: 1_773_043_084_120 }
+    }
+}
+
+/// A deterministic stream of events as JSON text.
+pub struct Generator {
+    opts: GenOptions,
+    rng: StdRng,
+    n: u64,
+}
+
+impl Generator {
+    pub fn new(opts: GenOptions) -> Generator {
+        Generator { rng: StdRng::seed_from_u64(opts.seed), opts, n: 0 }
+    }
+
+    /// The next event (one line of JSON, no newline).
+    pub fn next_event(&mut self) -> String {
+        let o = &self.opts;
+        let i = self.n;
+        self.n += 1;
+        let rng = &mut self.rng;
+        let client = rng.gen_range(0..o.clients.max(1));
+        let user = rng.gen_range(0..o.users.max(1));
+        // Each client uses a few audiences of its own, so first-seen baselines are realistic.
+        let aud = (client * 7 + rng.gen_range(0..3)) % o.audiences.max(1);
+        let error = rng.gen_bool(o.error_share.clamp(0.0, 1.0));
+        let v1 = client % 5 == 0;
+        let time = o.start_ms + (i as i64) * 10;
+        let id = format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (o.seed as u32).wrapping_add(i as u32), (i >> 32) as u16, client % 4096, user % 4096, i);
+        let mut details = serde_json::Map::new();
+        details.insert("auth_method".into(), json!("token_exchange"));
+        details.insert("grant_type".into(), json!("urn:ietf:params:oauth:grant-type:token-exchange"));
+        details.insert("audience".into(), json!(format!("api-{aud}")));
+        details.insert("client_auth_method".into(), json!("client-secret"));
+        details.insert("scope".into(), json!("profile email"));
+        if v1 {
+            details.insert("requested_token_type".into(), json!("urn:ietf:params:oauth:token-type:refresh_token"));
+            details.insert("token_id".into(), json!(format!("onrtna:{id}")));
+        } else {
+            details.insert("requested_token_type".into(), json!("urn:ietf:params:oauth:token-type:access_token"));
+            details.insert("subject_token_client_id".into(), json!("web-portal"));
+            details.insert("username".into(), json!(format!("user{user}")));
+            details.insert("token_id".into(), json!(format!("onrtte:{id}")));
+        }
+        let mut ev = json!({
+            "id": id,
+            "time": time,
+            "type": if error { "TOKEN_EXCHANGE_ERROR" } else { "TOKEN_EXCHANGE" },
+            "realmId": "4f660473-c22b-4858-a484-cd314a37e778",
+            "clientId": format!("client-{client}"),
+            "ipAddress": format!("10.42.{}.{}", client % 250, 1 + client % 200),
+        });
+        if error {
+            ev["error"] = json!("not_allowed");
+            details.insert("reason".into(), json!("client not allowed to exchange to audience"));
+        } else {
+            ev["userId"] = json!(format!("00000000-0000-4000-8000-{user:012}"));
+            ev["sessionId"] = json!(format!("10000000-0000-4000-8000-{user:012}"));
+        }
+        ev["details"] = serde_json::Value::Object(details);
+        if o.format == "p2inc" {
+            let t = ev["type"].as_str().unwrap_or("TOKEN_EXCHANGE").to_string();
+            ev["type"] = json!(format!("access.{t}"));
+            ev["realmName"] = json!("acme-prod");
+            ev["uid"] = json!(format!("d-{id}"));
+            let auth = json!({"realmId": "acme-prod", "clientId": ev["clientId"].clone(), "userId": ev.get("userId").cloned().unwrap_or(serde_json::Value::Null), "ipAddress": ev["ipAddress"].clone()});
+            ev["authDetails"] = auth;
+            if let Some(m) = ev.as_object_mut() {
+                m.remove("clientId");
+                m.remove("userId");
+                m.remove("ipAddress");
+                m.remove("sessionId");
+            }
+        }
+        ev.to_string()
+    }
+}
+
+/// How to drive the webhook.
+#[derive(Debug, Clone)]
+pub struct DriveOptions {
+    pub target: String,
+    /// Events per request (1 = single-event requests).
+    pub batch: usize,
+    pub connections: usize,
+    pub count: u64,
+    pub max_duration: Duration,
+    /// Events per second across all connections (0 = flat out).
+    pub rate: u64,
+    /// HMAC secret for `X-Keycloak-Signature` (p2-inc style), if the target checks it.
+    pub secret: Option<Vec<u8>>,
+}
+
+/// What a run achieved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DriveReport {
+    pub events_sent: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub events_per_sec: f64,
+    pub requests_per_sec: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p90: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+    pub status_counts: std::collections::BTreeMap<u16, u64>,
+}
+
+/// Refuse anything but loopback: a load test never leaves the machine.
+pub fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("bad --target {url}: {e}"))?;
+    let host = parsed.host_str().unwrap_or("");
+    let ok = host == "localhost" || host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(ok, "loadgen only targets loopback addresses (127.0.0.0/8, ::1, localhost); {host} is not one");
+    Ok(())
+}
+
+/// Drive the webhook; bounded by `count` and `max_duration`, whichever comes first.
+pub async fn drive(gen: GenOptions, o: DriveOptions) -> anyhow::Result<DriveReport> {
+    check_loopback(&o.target)?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(o.connections).timeout(Duration::from_secs(30)).build()?;
+    let generator = Arc::new(Mutex::new(Generator::new(gen)));
+    let sent = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
+    let started = Instant::now();
+    let deadline = started + o.max_duration;
+    let batch = o.batch.max(1) as u64;
+    let mut tasks = Vec::new();
+    for _ in 0..o.connections.max(1) {
+        let (client, generator, sent, hist, statuses, o) = (client.clone(), generator.clone(), sent.clone(), hist.clone(), statuses.clone(), o.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let first = sent.fetch_add(batch, Ordering::SeqCst);
+                if first >= o.count || Instant::now() >= deadline {
+                    break;
+                }
+                let n = batch.min(o.count - first);
+                if o.rate > 0 {
+                    // Open-loop pacing: request k is due at k / rate.
+                    let due = started + Duration::from_secs_f64(first as f64 / o.rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let body = {
+                    let mut g = generator.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut b = Vec::with_capacity(n as usize * 700);
+                    for k in 0..n {
+                        if k > 0 {
+                            b.push(b'\n');
+                        }
+                        b.extend_from_slice(g.next_event().as_bytes());
+                    }
+                    b
+                };
+                let mut req = client.post(&o.target).header("content-type", "application/json");
+                if let Some(s) = &o.secret {
+                    req = req.header("X-Keycloak-Signature", crate::sources::webhook::auth::sign_sha256(s, &body));
+                }
+                let t = Instant::now();
+                let status = match req.body(body).send().await {
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        let _ = r.bytes().await;
+                        s
+                    }
+                    Err(_) => 0,
+                };
+                let us = t.elapsed().as_micros() as u64;
+                if let Ok(mut h) = hist.lock() {
+                    let _ = h.record(us.max(1));
+                }
+                if let Ok(mut s) = statuses.lock() {
+                    *s.entry(status).or_default() += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let statuses = statuses.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?.clone();
+    let requests: u64 = statuses.values().sum();
+    let ok: u64 = statuses.iter().filter(|(s, _)| (200..300).contains(*s)).map(|(_, n)| n).sum();
+    let events_sent = sent.load(Ordering::SeqCst).min(o.count).min(requests * batch);
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    Ok(DriveReport {
+        events_sent,
+        requests,
+        errors: requests - ok,
+        seconds,
+        events_per_sec: events_sent as f64 / seconds,
+        requests_per_sec: requests as f64 / seconds,
+        latency_ms_p50: q(0.5),
+        latency_ms_p90: q(0.9),
+        latency_ms_p99: q(0.99),
+        latency_ms_max: h.max() as f64 / 1000.0,
+        status_counts: statuses,
+    })
+}
+
+/// Write `count` events as NDJSON.
+pub fn write_file(gen: GenOptions, count: u64, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut g = Generator::new(gen);
+    for _ in 0..count {
+        out.write_all(g.next_event().as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
