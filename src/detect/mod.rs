@@ -454,12 +454,19 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
         let sw = ms(o.spray_window);
         for a in &te.audiences {
             cs.asked.push_back((t, a.clone(), ev.id.clone()));
+            *cs.asked_counts.entry(a.clone()).or_default() += 1;
         }
-        while cs.asked.front().is_some_and(|(ft, _, _)| *ft < t - sw) {
+        while let Some((_, a, _)) = cs.asked.front().filter(|(ft, _, _)| *ft < t - sw).cloned() {
             cs.asked.pop_front();
+            if let Some(n) = cs.asked_counts.get_mut(&a) {
+                *n -= 1;
+                if *n == 0 {
+                    cs.asked_counts.remove(&a);
+                }
+            }
         }
-        let distinct: BTreeSet<&String> = cs.asked.iter().map(|(_, a, _)| a).collect();
-        if !te.audiences.is_empty() && distinct.len() >= o.spray_threshold {
+        if !te.audiences.is_empty() && cs.asked_counts.len() >= o.spray_threshold {
+            let distinct: BTreeSet<&String> = cs.asked_counts.keys().collect();
             out.push(
                 "audience-spraying",
                 Severity::High,

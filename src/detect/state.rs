@@ -67,6 +67,10 @@ pub struct ClientState {
     pub errors: VecDeque<(i64, String)>,
     /// Recent audiences asked for: (time, audience, event id).
     pub asked: VecDeque<(i64, String, String)>,
+    /// How often each audience occurs in `asked` (its length is the distinct count, kept in step
+    /// with the window so spraying is not re-counted per event).
+    #[serde(default)]
+    pub asked_counts: BTreeMap<String, u32>,
     /// Hourly volume: the current hour bucket, its count, and the last two weeks of counts.
     pub hour_bucket: i64,
     pub hour_count: u64,
