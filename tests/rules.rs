@@ -32,6 +32,7 @@ const TRIGGERED: &[&str] = &[
     "dormant-client",
     "volume-outlier",
     "exchange-config-change",
+    "admin-action-after-impersonation",
     "multi-hop-chain",
     "delegated-exchange",
 ];

@@ -47,6 +47,11 @@ pub struct DetectOptions {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub precursor_window: Duration,
+    /// An admin action by a user within this span after a token exchange impersonated that user is
+    /// reported (the impersonated identity is being used to change the realm).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub impersonation_followup_window: Duration,
     /// A client silent this long and then active again is "reactivated".
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -101,6 +106,7 @@ impl Default for DetectOptions {
             spray_window: Duration::from_secs(600),
             failures_before_success: 3,
             precursor_window: Duration::from_secs(7 * 86400),
+            impersonation_followup_window: Duration::from_secs(3600),
             dormant_after: Duration::from_secs(30 * 86400),
             hours_min_observations: 10,
             hours_rare_share: 0.02,

@@ -23,6 +23,7 @@
 //! | `dormant-client` | a client silent for `dormant_after` is active again | medium |
 //! | `volume-outlier` | a client's events in one hour exceed its usual hourly volume many times | medium |
 //! | `exchange-config-change` | an admin event changes token-exchange configuration (mappers, scopes, permissions) | low, linked as a precursor |
+//! | `admin-action-after-impersonation` | an admin action by a user shortly after a token exchange impersonated that user | high |
 //! | `multi-hop-chain` | an exchange chain longer than `max_chain_hops`, or a delegation chain | low |
 //! | `delegated-exchange` | an exchange made by an actor on behalf of a user (experimental delegation) | info |
 
@@ -52,6 +53,7 @@ fn attack(rule: &str) -> Vec<String> {
         "new-network" | "dormant-client" => &["T1078.004", "T1528"],
         "unusual-hour" | "volume-outlier" => &["T1550.001"],
         "exchange-config-change" => &["T1098.003"],
+        "admin-action-after-impersonation" => &["T1550.001", "T1548", "T1098"],
         "multi-hop-chain" | "delegated-exchange" => &["T1550.001"],
         _ => &[],
     };
@@ -76,6 +78,7 @@ fn title(rule: &str) -> &'static str {
         "dormant-client" => "Dormant client active again",
         "volume-outlier" => "Unusual volume for this client",
         "exchange-config-change" => "Token-exchange configuration changed",
+        "admin-action-after-impersonation" => "Admin action by an identity obtained through impersonation",
         "multi-hop-chain" => "Multi-hop token-exchange chain",
         "delegated-exchange" => "Delegated token exchange",
         _ => "Finding",
@@ -100,6 +103,7 @@ pub const RULES: &[&str] = &[
     "dormant-client",
     "volume-outlier",
     "exchange-config-change",
+    "admin-action-after-impersonation",
     "multi-hop-chain",
     "delegated-exchange",
 ];
@@ -216,6 +220,26 @@ impl Detector {
         let learning = t < rs.first_ms.saturating_add(ms(o.learning_period));
 
         if ev.kind == EventKind::Admin {
+            let actor = ev.admin.as_ref().and_then(|a| a.auth.user_id.clone());
+            let window = ms(o.impersonation_followup_window);
+            // User ids are UUIDs: look in every realm (the actor's realm may differ from the target's).
+            let hit = actor.as_ref().and_then(|u| state.realms.values().find_map(|r| r.impersonated.get(u).filter(|(it, _, _)| t >= *it && t - *it <= window).cloned()));
+            let Some(rs) = state.realms.get_mut(realm_key) else { return };
+            if let (Some((it, imp_id, imp_client)), Some(a)) = (hit, ev.admin.as_ref()) {
+                let who = ev.enrichment.as_ref().and_then(|e| e.subject.as_ref()).and_then(|u| u.username.clone()).or(actor.clone()).unwrap_or_default();
+                out.push(
+                    "admin-action-after-impersonation",
+                    Severity::High,
+                    format!(
+                        "{who} performed {} {} on {} {} after {imp_client} issued a token impersonating {who}",
+                        a.operation.as_deref().unwrap_or("an admin action"),
+                        a.resource_type.as_deref().unwrap_or("").to_lowercase().replace('_', " "),
+                        a.resource_path.as_deref().unwrap_or("?"),
+                        span(t - it)
+                    ),
+                    vec![imp_id],
+                );
+            }
             if let Some(c) = admin_event(o, rs, ev, t, &mut out) {
                 if let Some(cs) = rs.clients.get_mut(&c) {
                     cs.dirty = true;
@@ -246,6 +270,12 @@ impl Detector {
             let cs = rs.clients.entry(client.clone()).or_default();
             client_rules(o, cs, ev, &client, t, learning, late, upstream_depth, &mut out);
             cs.dirty = true;
+            // Remember who was just impersonated, to catch that identity acting as an administrator.
+            let window = ms(o.impersonation_followup_window);
+            rs.impersonated.retain(|_, (it, _, _)| *it >= t - window);
+            if let (Some(_), Some(uid), Outcome::Success) = (ev.token_exchange.as_ref().and_then(|te| te.requested_subject.as_ref()), ev.subject.id.as_ref(), ev.outcome) {
+                rs.impersonated.insert(uid.clone(), (t, ev.id.clone(), client.clone()));
+            }
         }
 
         // Overrides, scoping, development realms; then the event's overall severity.

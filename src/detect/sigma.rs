@@ -62,7 +62,7 @@ struct Selection {
 pub fn default_severity(rule: &str) -> Option<Severity> {
     Some(match rule {
         "impersonation-privileged-target" => Severity::Critical,
-        "naked-impersonation-service-client" | "audience-outside-policy" | "error-burst-client" | "error-burst-ip" | "audience-spraying" => Severity::High,
+        "naked-impersonation-service-client" | "audience-outside-policy" | "error-burst-client" | "error-burst-ip" | "audience-spraying" | "admin-action-after-impersonation" => Severity::High,
         "impersonation-first-by-client" | "new-audience" | "new-audience-attempt" | "new-origin-client" | "failures-then-success" | "new-network" | "dormant-client" | "volume-outlier" => Severity::Medium,
         "unusual-hour" | "exchange-config-change" | "multi-hop-chain" => Severity::Low,
         "delegated-exchange" => Severity::Info,
@@ -107,6 +107,7 @@ fn page(rule: &str) -> Option<&'static str> {
         "dormant-client",
         "volume-outlier",
         "exchange-config-change",
+        "admin-action-after-impersonation",
         "multi-hop-chain",
         "delegated-exchange",
     )

@@ -26,6 +26,9 @@ pub struct RealmState {
     pub clients: BTreeMap<String, ClientState>,
     /// Recent TOKEN_EXCHANGE_ERROR per source address: (time, event id, clientId).
     pub ip_errors: BTreeMap<String, VecDeque<(i64, String, String)>>,
+    /// Users recently impersonated through token exchange: user id → (time, event id, clientId).
+    #[serde(default)]
+    pub impersonated: BTreeMap<String, (i64, String, String)>,
 }
 
 /// When something was first seen, and whether it was new at that time (after the baseline was

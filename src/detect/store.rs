@@ -24,6 +24,8 @@ const META: TableDefinition<&str, i64> = TableDefinition::new("detect_meta");
 struct RealmRow {
     first_ms: i64,
     ip_errors: BTreeMap<String, VecDeque<(i64, String, String)>>,
+    #[serde(default)]
+    impersonated: BTreeMap<String, (i64, String, String)>,
 }
 
 fn client_key(realm: &str, client: &str) -> String {
@@ -72,7 +74,7 @@ impl StateStore {
             for row in t.iter()? {
                 let (k, v) = row?;
                 let r: RealmRow = serde_json::from_slice(v.value()).map_err(|e| bad("realm", e))?;
-                state.realms.insert(k.value().to_string(), RealmState { first_ms: r.first_ms, ip_errors: r.ip_errors, clients: BTreeMap::new() });
+                state.realms.insert(k.value().to_string(), RealmState { first_ms: r.first_ms, ip_errors: r.ip_errors, impersonated: r.impersonated, clients: BTreeMap::new() });
             }
         }
         if let Ok(t) = tx.open_table(CLIENTS) {
@@ -102,7 +104,7 @@ impl StateStore {
             meta.insert("newest_ms", state.newest_ms)?;
             let mut realms = tx.open_table(REALMS)?;
             for (name, r) in &state.realms {
-                let row = serde_json::to_vec(&RealmRow { first_ms: r.first_ms, ip_errors: r.ip_errors.clone() })?;
+                let row = serde_json::to_vec(&RealmRow { first_ms: r.first_ms, ip_errors: r.ip_errors.clone(), impersonated: r.impersonated.clone() })?;
                 realms.insert(name.as_str(), row.as_slice())?;
             }
             let mut clients = tx.open_table(CLIENTS)?;
