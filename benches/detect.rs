@@ -9,22 +9,14 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use kcaudit::decode::{decode_body, Context, Decoded, DecodeOptions, Format};
 use kcaudit::detect::{DetectOptions, Detector};
-use kcaudit::event::{AuditEvent, Origin};
+use kcaudit::event::AuditEvent;
+
+mod common;
+use common::fixture_events;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn fixture_events() -> Vec<AuditEvent> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keycloak/keycloak-native-events.jsonl");
-    let body = std::fs::read(path).unwrap();
-    let opts = DecodeOptions::default();
-    let ctx = Context { opts: &opts, tz: opts.time_zone().unwrap(), deliveries: None, lines_may_be_noise: false };
-    let mut items = Vec::new();
-    decode_body(&body, Format::Auto, &Origin::default(), &ctx, &mut items);
-    items.into_iter().filter_map(|i| if let Decoded::Event(e) = i.decoded { Some(*e) } else { None }).collect()
-}
 
 fn stream(base: &[AuditEvent], n: usize, start_ms: i64) -> Vec<AuditEvent> {
     (0..n)

@@ -6,8 +6,9 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use kcaudit::config::Config;
-use kcaudit::decode::{decode_body, Context, Decoded, DecodeOptions, Format};
-use kcaudit::event::{AuditEvent, Origin};
+use kcaudit::event::AuditEvent;
+
+mod common;
 use kcaudit::metrics::Metrics;
 
 // The same allocator as the kcaudit binary.
@@ -15,19 +16,7 @@ use kcaudit::metrics::Metrics;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn events() -> Vec<AuditEvent> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keycloak/keycloak-native-events.jsonl");
-    let body = std::fs::read(path).unwrap();
-    let opts = DecodeOptions::default();
-    let ctx = Context { opts: &opts, tz: opts.time_zone().unwrap(), deliveries: None, lines_may_be_noise: false };
-    let mut items = Vec::new();
-    decode_body(&body, Format::Auto, &Origin::default(), &ctx, &mut items);
-    let te: Vec<AuditEvent> = items
-        .into_iter()
-        .filter_map(|i| match i.decoded {
-            Decoded::Event(e) if e.token_exchange.is_some() => Some(*e),
-            _ => None,
-        })
-        .collect();
+    let te: Vec<AuditEvent> = common::fixture_events().into_iter().filter(|e| e.token_exchange.is_some()).collect();
     te.iter().cycle().take(1000).cloned().collect()
 }
 

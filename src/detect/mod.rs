@@ -85,28 +85,44 @@ fn title(rule: &str) -> &'static str {
     }
 }
 
+/// Calls `$m!` with every rule id as string literals: the one list of rule ids, used for [`RULES`]
+/// and for compiling each rule's documentation page into the Sigma export (`include_str!` needs
+/// literals).
+macro_rules! for_each_rule {
+    ($m:ident) => {
+        $m!(
+            "impersonation-privileged-target",
+            "naked-impersonation-service-client",
+            "impersonation-first-by-client",
+            "new-audience",
+            "new-audience-attempt",
+            "audience-outside-policy",
+            "new-origin-client",
+            "error-burst-client",
+            "error-burst-ip",
+            "failures-then-success",
+            "audience-spraying",
+            "new-network",
+            "unusual-hour",
+            "dormant-client",
+            "volume-outlier",
+            "exchange-config-change",
+            "admin-action-after-impersonation",
+            "multi-hop-chain",
+            "delegated-exchange",
+        )
+    };
+}
+pub(crate) use for_each_rule;
+
+macro_rules! id_slice {
+    ($($id:literal),* $(,)?) => {
+        &[$($id),*]
+    };
+}
+
 /// Every rule id, for config validation and documentation.
-pub const RULES: &[&str] = &[
-    "impersonation-privileged-target",
-    "naked-impersonation-service-client",
-    "impersonation-first-by-client",
-    "new-audience",
-    "new-audience-attempt",
-    "audience-outside-policy",
-    "new-origin-client",
-    "error-burst-client",
-    "error-burst-ip",
-    "failures-then-success",
-    "audience-spraying",
-    "new-network",
-    "unusual-hour",
-    "dormant-client",
-    "volume-outlier",
-    "exchange-config-change",
-    "admin-action-after-impersonation",
-    "multi-hop-chain",
-    "delegated-exchange",
-];
+pub const RULES: &[&str] = for_each_rule!(id_slice);
 
 /// The detector: options, state, and where the state is persisted (if anywhere).
 pub struct Detector {

@@ -90,27 +90,7 @@ fn page(rule: &str) -> Option<&'static str> {
             }
         };
     }
-    pages!(
-        "impersonation-privileged-target",
-        "naked-impersonation-service-client",
-        "impersonation-first-by-client",
-        "new-audience",
-        "new-audience-attempt",
-        "audience-outside-policy",
-        "new-origin-client",
-        "error-burst-client",
-        "error-burst-ip",
-        "failures-then-success",
-        "audience-spraying",
-        "new-network",
-        "unusual-hour",
-        "dormant-client",
-        "volume-outlier",
-        "exchange-config-change",
-        "admin-action-after-impersonation",
-        "multi-hop-chain",
-        "delegated-exchange",
-    )
+    super::for_each_rule!(pages)
 }
 
 /// The first paragraph after the page's title, on one line.
