@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The one test command: installs and starts what the tests need, then runs the whole suite.
-# Today the suite needs only the Rust toolchain: every test runs against real loopback HTTP and real
-# files. Later capabilities add their services here (ClickHouse, a Kafka broker, rsyslog, chdb), and a
-# test that needs a service fails (never skips) when that service is missing.
+# The one test command: installs what the tests need, then runs the whole suite.
+#
+# Services (installed here when missing, so a fresh Debian machine needs nothing else):
+#   - ClickHouse server (Debian's clickhouse-server package). The tests start private instances of it
+#     on free loopback ports with their data in temp dirs, and stop them (kill -9 included) themselves.
+#   - chdb, a current ClickHouse engine for Python, in a venv under ~/.cache/kcaudit/venv-chdb.
+# KCAUDIT_REQUIRE_SERVICES=1 makes every test that needs a service fail (never skip) if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +14,30 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-echo "==> cargo test (all unit, integration and property tests)"
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_packages=()
+command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || apt_packages+=(clickhouse-server clickhouse-client)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+    echo "==> installing ${apt_packages[*]} (Debian packages)"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${apt_packages[@]}"
+fi
+
+venv="${KCAUDIT_CHDB_VENV:-$HOME/.cache/kcaudit/venv-chdb}"
+if ! "$venv/bin/python" -c "import chdb" >/dev/null 2>&1; then
+    echo "==> installing chdb into $venv (large wheel; once per machine)"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q chdb-core
+fi
+
+export KCAUDIT_REQUIRE_SERVICES=1
+export KCAUDIT_CLICKHOUSE_SERVER="$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)"
+export KCAUDIT_CHDB_PYTHON="$venv/bin/python"
+echo "==> services: $(dpkg-query -W -f='clickhouse-server ${Version}' clickhouse-server 2>/dev/null), chdb $("$KCAUDIT_CHDB_PYTHON" -c 'import chdb; print(chdb.__version__)')"
+
+echo "==> cargo test (unit, integration, property and service tests)"
 cargo test --locked --all-targets -- --color never

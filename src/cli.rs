@@ -41,6 +41,10 @@ pub enum Command {
         /// Write events here instead of standard output.
         #[arg(long, short = 'o', value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Deliver to the sinks the configuration enables ([sinks.audit_log], [sinks.clickhouse], ...)
+        /// instead of standard output: backfill a store from recordings.
+        #[arg(long, conflicts_with = "out")]
+        to_sinks: bool,
         /// Write a JSON summary: counts per input and every rejected, duplicate, skipped and warned record.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
@@ -142,10 +146,28 @@ pub enum Command {
     },
     /// Check a configuration and explain every problem.
     Validate(ConfigArgs),
-    /// Print a JSON Schema: `event` (the canonical audit event), `config`, or `dead-letter`.
+    /// Print a schema: the JSON Schema of `event` (the canonical audit event), `config` or
+    /// `dead-letter`, or the `clickhouse` DDL rendered with the config's [sinks.clickhouse] settings.
     Schema {
-        #[arg(value_parser = ["event", "config", "dead-letter"])]
+        #[arg(value_parser = ["event", "config", "dead-letter", "clickhouse"])]
         which: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// ClickHouse administration.
+    Clickhouse {
+        #[command(subcommand)]
+        action: ClickhouseAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClickhouseAction {
+    /// Create the database and apply pending migrations from schemas/clickhouse/ (idempotent; safe to
+    /// run from several instances at once).
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 
@@ -221,10 +243,26 @@ fn parse_format(s: &str) -> Result<Format, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Schema { which } => {
+        Command::Schema { which, config } if which == "clickhouse" => with_config(&config, |c| {
+            let ch = &c.sinks.clickhouse;
+            print!("{}", crate::sinks::clickhouse::schema::SchemaParams { database: ch.database.clone(), options: ch.schema.clone() }.script());
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Schema { which, .. } => {
             println!("{}", crate::schema::render(&which));
             ExitCode::SUCCESS
         }
+        Command::Clickhouse { action: ClickhouseAction::Migrate { config } } => with_config(&config, |c| {
+            let (url, report) = runtime()?.block_on(crate::sinks::clickhouse::migrate(&c.sinks.clickhouse))?;
+            for f in &report.already {
+                eprintln!("kcaudit clickhouse migrate: {f}: already applied");
+            }
+            for f in &report.applied {
+                eprintln!("kcaudit clickhouse migrate: {f}: applied");
+            }
+            eprintln!("kcaudit clickhouse migrate: {url}: database {} is up to date ({} applied now, {} before)", c.sinks.clickhouse.database, report.applied.len(), report.already.len());
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Validate(args) => validate(&args),
         Command::Loadgen { target, out, count, batch, connections, rate, max_seconds, format, error_share, clients, users, audiences, seed, secret_env } => {
             let gen = crate::loadgen::GenOptions { seed, clients, users, audiences, error_share, format, ..Default::default() };
@@ -278,7 +316,7 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Serve(args) => with_config(&args, |c| runtime()?.block_on(serve(c))),
-        Command::Replay { mut config, format, out, report, directory, realm_export, state, fail_on_reject, quiet, inputs } => {
+        Command::Replay { mut config, format, out, report, directory, realm_export, state, fail_on_reject, quiet, to_sinks, inputs } => {
             if let Some(d) = directory {
                 config.set.push(format!("enrich.directory={:?}", d.display().to_string()));
             }
@@ -287,7 +325,7 @@ pub fn main() -> ExitCode {
                 config.set.push(format!("enrich.realm_exports=[{}]", list.join(",")));
             }
             with_config(&config, |c| {
-            let req = crate::sources::replay::ReplayRequest { inputs, format, out, progress: !quiet, state };
+            let req = crate::sources::replay::ReplayRequest { inputs, format, out, progress: !quiet, state, to_sinks };
             let rep = runtime()?.block_on(crate::sources::replay::run(&c, &req))?;
             if let Some(path) = report {
                 let text = serde_json::to_string_pretty(&rep)?;

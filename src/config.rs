@@ -17,6 +17,7 @@ use crate::detect::DetectOptions;
 use crate::enrich::EnrichOptions;
 use crate::keycloak_api::{AdminApi, AdminApiOptions};
 use crate::pipeline::{DedupOptions, PipelineOptions};
+use crate::sinks::clickhouse::config::ClickHouseOptions;
 use crate::sinks::file::AuditLogOptions;
 use crate::sinks::{BatchOptions, RetryOptions};
 use crate::sources::admin_poll::PollOptions;
@@ -104,6 +105,7 @@ impl Default for DeadLetterOptions {
 pub struct SinksOptions {
     pub audit_log: AuditLogOptions,
     pub stdout: StdoutOptions,
+    pub clickhouse: ClickHouseOptions,
 }
 
 /// `[sinks.stdout]`: events as JSON lines on standard output.
@@ -190,7 +192,7 @@ impl Config {
         if self.data_dir.is_file() {
             p.push(Problem { key: "data_dir".into(), message: format!("{} is a file, not a directory", self.data_dir.display()), is_error: true });
         }
-        if !self.sinks.audit_log.enabled && !self.sinks.stdout.enabled {
+        if !self.sinks.audit_log.enabled && !self.sinks.stdout.enabled && !self.sinks.clickhouse.enabled {
             p.push(Problem {
                 key: "sinks".into(),
                 message: "no sink is enabled: `kcaudit serve` would accept events and keep them nowhere".into(),
@@ -229,6 +231,7 @@ impl Config {
             }
         }
         p.extend(self.webhook.problems());
+        p.extend(self.sinks.clickhouse.problems());
         p
     }
 

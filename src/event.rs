@@ -496,3 +496,45 @@ pub struct Finding {
     /// Other events that belong to the story (earlier failures, the precursor admin event, ...).
     pub related_event_ids: Vec<String>,
 }
+
+/// `name()` for the small enums: the same lowercase string serde writes, without going through serde
+/// (sinks that build columns or CEF fields need it per event).
+macro_rules! wire_names {
+    ($($t:ty { $($v:ident => $s:literal),* $(,)? })*) => {
+        $(impl $t {
+            /// The wire name (as serialized).
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        })*
+    };
+}
+
+wire_names! {
+    EventKind { User => "user", Admin => "admin" }
+    Outcome { Success => "success", Failure => "failure" }
+    TimeSource { Event => "event", LogLine => "log_line", Missing => "missing" }
+    ExchangeFlavour { StandardV2 => "standard_v2", LegacyV1 => "legacy_v1", Unknown => "unknown" }
+    EnrichmentStatus { Enriched => "enriched", Partial => "partial", NotEnriched => "not_enriched" }
+    Within { Yes => "yes", No => "no", Unknown => "unknown" }
+}
+
+#[cfg(test)]
+mod wire_name_tests {
+    use super::*;
+
+    /// `name()` must agree with serde, or a ClickHouse column and the JSON audit log would disagree.
+    #[test]
+    fn names_match_serde() {
+        fn check<T: Serialize + Copy>(v: T, name: &str) {
+            assert_eq!(serde_json::to_value(v).unwrap(), serde_json::Value::String(name.to_string()));
+        }
+        for v in [EventKind::User, EventKind::Admin] { check(v, v.name()); }
+        for v in [Outcome::Success, Outcome::Failure] { check(v, v.name()); }
+        for v in [TimeSource::Event, TimeSource::LogLine, TimeSource::Missing] { check(v, v.name()); }
+        for v in [ExchangeFlavour::StandardV2, ExchangeFlavour::LegacyV1, ExchangeFlavour::Unknown] { check(v, v.name()); }
+        for v in [EnrichmentStatus::Enriched, EnrichmentStatus::Partial, EnrichmentStatus::NotEnriched] { check(v, v.name()); }
+        for v in [Within::Yes, Within::No, Within::Unknown] { check(v, v.name()); }
+        for v in Severity::DESCENDING { check(v, v.name()); }
+    }
+}

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::dead_letter::DeadLetterStore;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineHandle, SinkSpec};
+use crate::sinks::clickhouse::ClickHouseSink;
 use crate::sinks::file::FileSink;
 use crate::sinks::stdout::StdoutSink;
 use crate::sources::webhook::{self, WebhookState};
@@ -33,12 +34,20 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
     if s.enabled {
         sinks.push(SinkSpec { sink: Box::new(StdoutSink), batch: s.batch.clone(), retry: s.retry.clone() });
     }
+    let c = &config.sinks.clickhouse;
+    if c.enabled {
+        sinks.push(SinkSpec { sink: Box::new(ClickHouseSink::new("clickhouse", c)?), batch: c.batch.clone(), retry: c.retry.clone() });
+    }
     Ok(sinks)
 }
 
 /// Start the pipeline and the enabled sources (webhook listener, admin-API poller).
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let dlq = DeadLetterStore::open(&config.data_path(&config.dead_letter.path))?;
+    if config.sinks.clickhouse.enabled && config.sinks.clickhouse.migrate_on_start {
+        let (url, report) = crate::sinks::clickhouse::migrate(&config.sinks.clickhouse).await?;
+        tracing::info!(url = %url, applied = ?report.applied, "ClickHouse schema is up to date.");
+    }
     let metrics = Metrics::new();
     let api = config.admin_api_client()?;
     let stages = config.stages(api.clone(), metrics.clone(), Some(&config.data_path(&config.detect.state_file)))?;

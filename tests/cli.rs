@@ -214,3 +214,19 @@ async fn public_samples_decode() {
     assert_eq!((evs[0].event_type.as_str(), evs[0].realm.name.as_deref()), ("CODE_TO_TOKEN", Some("master")));
     assert_eq!(evs[0].time_source, kcaudit::event::TimeSource::LogLine);
 }
+
+#[test]
+fn schema_clickhouse_renders_the_ddl_with_the_configs_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kcaudit(dir.path(), &["schema", "clickhouse", "--set", "sinks.clickhouse.database=\"audit\"", "--set", "sinks.clickhouse.schema.cluster=\"prod\"", "--set", "sinks.clickhouse.schema.ttl_days=30"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ddl = String::from_utf8(out.stdout).unwrap();
+    for object in ["audit.events", "audit.findings", "audit.findings_mv", "audit.exchanger_audience_pairs", "audit.client_hourly", "audit.dead_letters", "audit.kcaudit_migrations"] {
+        assert!(ddl.contains(&format!("IF NOT EXISTS {object} ON CLUSTER prod")), "{object} missing:\n{ddl}");
+    }
+    assert!(ddl.contains("TTL toDateTime(event_time) + INTERVAL 30 DAY"));
+    // A TTL past ClickHouse's DateTime range is refused with the reason.
+    let out = kcaudit(dir.path(), &["schema", "clickhouse", "--set", "sinks.clickhouse.schema.ttl_days=40000"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sinks.clickhouse.schema.ttl_days"));
+}

@@ -132,7 +132,7 @@ async fn interrupted_replay_and_live_ingest_give_the_same_findings() {
     let mut resumed = Vec::new();
     for (i, part) in [a, b].iter().enumerate() {
         let out = dir.path().join(format!("out{i}.jsonl"));
-        let req = kcaudit::sources::replay::ReplayRequest { inputs: vec![part.display().to_string()], format: Format::Auto, out: Some(out.clone()), progress: false, state: Some(state.clone()) };
+        let req = kcaudit::sources::replay::ReplayRequest { inputs: vec![part.display().to_string()], format: Format::Auto, out: Some(out.clone()), progress: false, state: Some(state.clone()), to_sinks: false };
         kcaudit::sources::replay::run(&config, &req).await.unwrap();
         resumed.extend(kcaudit::sources::replay::read_events(&out).unwrap());
     }

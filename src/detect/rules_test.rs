@@ -362,7 +362,7 @@ async fn run_case(case: &Case, base: &Path) -> anyhow::Result<(usize, Vec<Failur
     }
     std::fs::write(&input, body)?;
     let out = tmp.0.join("out.jsonl");
-    let req = ReplayRequest { inputs: vec![input.display().to_string()], format: Format::Keycloak, out: Some(out.clone()), progress: false, state: None };
+    let req = ReplayRequest { inputs: vec![input.display().to_string()], format: Format::Keycloak, out: Some(out.clone()), progress: false, state: None, to_sinks: false };
     let rep = replay::run(&config, &req).await?;
     if rep.totals.rejected > 0 || rep.totals.duplicates > 0 || rep.totals.skipped > 0 {
         let why: Vec<String> = rep

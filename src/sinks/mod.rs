@@ -7,6 +7,7 @@
 //! resolving each event's acknowledgement. Later sinks (ClickHouse, Kafka, SIEMs) implement [`Sink`]
 //! and get all of that for free.
 
+pub mod clickhouse;
 pub mod file;
 pub mod stdout;
 
@@ -45,6 +46,8 @@ pub struct WriteReport {
     pub rejected: Vec<(usize, String)>,
     /// Indexes that failed transiently and should be retried.
     pub retry: Vec<usize>,
+    /// The destination's error behind `retry` (for logs and, if retries run out, the dead letter).
+    pub error: Option<String>,
 }
 
 /// A destination for canonical events.
@@ -167,10 +170,16 @@ async fn deliver(sink: &mut dyn Sink, name: &str, items: Vec<SinkItem>, retry: &
         let events: Vec<Arc<AuditEvent>> = pending.iter().map(|i| i.event.clone()).collect();
         let outcome = sink.write(&events).await;
         let (permanent, transient, last_error): (Vec<(usize, String)>, Vec<usize>, String) = match outcome {
-            Ok(r) => (r.rejected, r.retry, String::new()),
+            Ok(r) => (r.rejected, r.retry, r.error.unwrap_or_default()),
             Err(SinkError::Permanent(e)) => ((0..pending.len()).map(|i| (i, e.clone())).collect(), vec![], e),
             Err(SinkError::Transient(e)) => (vec![], (0..pending.len()).collect(), e),
         };
+        if !permanent.is_empty() {
+            metrics.sink_errors.with_label_values(&[name, "permanent"]).inc();
+        }
+        if !transient.is_empty() {
+            metrics.sink_errors.with_label_values(&[name, "transient"]).inc();
+        }
         // Split pending into delivered / refused / retry, by index.
         let mut fate = vec![0u8; pending.len()]; // 0 delivered, 1 refused, 2 retry
         let mut reasons: Vec<Option<String>> = vec![None; pending.len()];

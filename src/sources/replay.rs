@@ -42,6 +42,9 @@ pub struct ReplayRequest {
     pub progress: bool,
     /// Detection state to resume from and save to (None: fresh, in memory).
     pub state: Option<PathBuf>,
+    /// Deliver to the sinks the configuration enables (audit log, ClickHouse, ...) instead of `out`:
+    /// backfilling a store from recordings, or benchmarking a sink.
+    pub to_sinks: bool,
 }
 
 /// One line of the report: a record that was not simply accepted, or was accepted with warnings.
@@ -99,14 +102,21 @@ pub async fn run(config: &Config, req: &ReplayRequest) -> anyhow::Result<ReplayR
     let tz = config.decode.time_zone().map_err(anyhow::Error::msg)?;
     let dlq_path = config.data_path(&config.dead_letter.path);
     let dlq = DeadLetterStore::open(&dlq_path)?;
-    let sink: Box<dyn Sink> = match &req.out {
-        Some(p) => Box::new(FileSink::create_output(p)?),
-        None => Box::new(StdoutSink),
+    let specs = if req.to_sinks {
+        let specs = crate::server::sinks(config)?;
+        anyhow::ensure!(!specs.is_empty(), "the configuration enables no sink to replay into");
+        specs
+    } else {
+        let sink: Box<dyn Sink> = match &req.out {
+            Some(p) => Box::new(FileSink::create_output(p)?),
+            None => Box::new(StdoutSink),
+        };
+        vec![SinkSpec { sink, batch: BatchOptions { max_events: 4096, max_wait_ms: 5, queue_capacity: 8192 }, retry: RetryOptions::default() }]
     };
     let metrics = Metrics::new();
     let stages = config.stages(config.admin_api_client()?, metrics.clone(), req.state.as_deref())?;
     let pipeline = Pipeline::start_with(
-        vec![SinkSpec { sink, batch: BatchOptions { max_events: 4096, max_wait_ms: 5, queue_capacity: 8192 }, retry: RetryOptions::default() }],
+        specs,
         stages,
         dlq,
         metrics,

@@ -1,7 +1,9 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod clickhouse;
 pub mod fake_keycloak;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +33,7 @@ pub async fn replay(dir: &Path, sets: &[&str], inputs: &[PathBuf], format: Forma
         out: Some(out.clone()),
         progress: false,
         state: None,
+        to_sinks: false,
     };
     let report = replay::run(&config, &req).await.expect("replay runs");
     (replay::read_events(&out).expect("output is JSON lines of events"), report)
