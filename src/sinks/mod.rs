@@ -8,8 +8,14 @@
 //! and get all of that for free.
 
 pub mod clickhouse;
+pub mod elasticsearch;
+pub mod encode;
 pub mod file;
+pub mod http_client;
+pub mod route;
+pub mod splunk_hec;
 pub mod stdout;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,6 +63,11 @@ pub trait Sink: Send + 'static {
     /// Write a batch durably (as durable as the sink promises). `Ok` means every event not listed in
     /// the report is accepted by the destination.
     fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>>;
+    /// Whether this sink takes `event` at all (its route). Events it does not take are resolved at
+    /// once for this sink and counted as filtered.
+    fn accepts(&self, _event: &AuditEvent) -> bool {
+        true
+    }
     /// Called once when the pipeline shuts down, after the last batch.
     fn close<'a>(&'a mut self) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async { Ok(()) })
@@ -140,15 +151,27 @@ async fn run_sink(
     let name = sink.name().to_string();
     let max_events = batch.max_events.max(1);
     let mut items: Vec<SinkItem> = Vec::with_capacity(max_events);
+    // Events outside the sink's route are done for this sink as soon as they arrive.
+    let take = |sink: &dyn Sink, it: SinkItem, items: &mut Vec<SinkItem>| {
+        if sink.accepts(&it.event) {
+            items.push(it);
+        } else {
+            metrics.filtered.with_label_values(&[sink.name()]).inc();
+            it.ack.resolve(SinkResult::Delivered);
+        }
+    };
     while let Some(first) = rx.recv().await {
-        items.push(first);
+        take(&*sink, first, &mut items);
+        if items.is_empty() {
+            continue;
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(batch.max_wait_ms);
         while items.len() < max_events {
             match rx.try_recv() {
-                Ok(it) => items.push(it),
+                Ok(it) => take(&*sink, it, &mut items),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(it)) => items.push(it),
+                    Ok(Some(it)) => take(&*sink, it, &mut items),
                     _ => break,
                 },
             }
