@@ -5,6 +5,9 @@
 #   - ClickHouse server (Debian's clickhouse-server package). The tests start private instances of it
 #     on free loopback ports with their data in temp dirs, and stop them (kill -9 included) themselves.
 #   - chdb, a current ClickHouse engine for Python, in a venv under ~/.cache/kcaudit/venv-chdb.
+#   - rsyslog with its TLS (gnutls) and RELP modules (Debian's rsyslog, rsyslog-gnutls, rsyslog-relp);
+#     the tests run private rsyslogd instances on free loopback ports, never the system one.
+#   - openssl, to make the test certificates.
 # KCAUDIT_REQUIRE_SERVICES=1 makes every test that needs a service fail (never skip) if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +23,11 @@ as_root() {
 
 apt_packages=()
 command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || apt_packages+=(clickhouse-server clickhouse-client)
+rsyslog_modules=$(dirname "$(find /usr/lib -name imtcp.so -path '*rsyslog*' 2>/dev/null | head -n1)" 2>/dev/null || true)
+[ -x /usr/sbin/rsyslogd ] || apt_packages+=(rsyslog)
+[ -n "$rsyslog_modules" ] && [ -f "$rsyslog_modules/imrelp.so" ] || apt_packages+=(rsyslog-relp)
+[ -n "$rsyslog_modules" ] && [ -f "$rsyslog_modules/lmnsd_gtls.so" ] || apt_packages+=(rsyslog-gnutls)
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
 if [ ${#apt_packages[@]} -gt 0 ]; then
     echo "==> installing ${apt_packages[*]} (Debian packages)"
     as_root apt-get update -q
@@ -37,7 +45,8 @@ fi
 export KCAUDIT_REQUIRE_SERVICES=1
 export KCAUDIT_CLICKHOUSE_SERVER="$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)"
 export KCAUDIT_CHDB_PYTHON="$venv/bin/python"
-echo "==> services: $(dpkg-query -W -f='clickhouse-server ${Version}' clickhouse-server 2>/dev/null), chdb $("$KCAUDIT_CHDB_PYTHON" -c 'import chdb; print(chdb.__version__)')"
+export KCAUDIT_RSYSLOGD=/usr/sbin/rsyslogd
+echo "==> services: $(dpkg-query -W clickhouse-server rsyslog rsyslog-relp rsyslog-gnutls 2>/dev/null | tr '\t\n' ' ')chdb $("$KCAUDIT_CHDB_PYTHON" -c 'import chdb; print(chdb.__version__)')"
 
 echo "==> cargo test (unit, integration, property and service tests)"
 cargo test --locked --all-targets -- --color never

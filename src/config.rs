@@ -106,6 +106,16 @@ pub struct SinksOptions {
     pub audit_log: AuditLogOptions,
     pub stdout: StdoutOptions,
     pub clickhouse: ClickHouseOptions,
+    pub splunk_hec: crate::sinks::splunk_hec::SplunkHecOptions,
+    pub syslog: crate::sinks::syslog::SyslogOptions,
+    pub elasticsearch: crate::sinks::elasticsearch::ElasticsearchOptions,
+}
+
+impl SinksOptions {
+    /// Whether any sink is enabled.
+    pub fn any_enabled(&self) -> bool {
+        self.audit_log.enabled || self.stdout.enabled || self.clickhouse.enabled || self.splunk_hec.enabled || self.syslog.enabled || self.elasticsearch.enabled
+    }
 }
 
 /// `[sinks.stdout]`: events as JSON lines on standard output.
@@ -192,7 +202,7 @@ impl Config {
         if self.data_dir.is_file() {
             p.push(Problem { key: "data_dir".into(), message: format!("{} is a file, not a directory", self.data_dir.display()), is_error: true });
         }
-        if !self.sinks.audit_log.enabled && !self.sinks.stdout.enabled && !self.sinks.clickhouse.enabled {
+        if !self.sinks.any_enabled() {
             p.push(Problem {
                 key: "sinks".into(),
                 message: "no sink is enabled: `kcaudit serve` would accept events and keep them nowhere".into(),
@@ -232,6 +242,9 @@ impl Config {
         }
         p.extend(self.webhook.problems());
         p.extend(self.sinks.clickhouse.problems());
+        p.extend(self.sinks.splunk_hec.problems());
+        p.extend(self.sinks.syslog.problems());
+        p.extend(self.sinks.elasticsearch.problems());
         p
     }
 

@@ -38,6 +38,19 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
     if c.enabled {
         sinks.push(SinkSpec { sink: Box::new(ClickHouseSink::new("clickhouse", c)?), batch: c.batch.clone(), retry: c.retry.clone() });
     }
+    let h = &config.sinks.splunk_hec;
+    if h.enabled {
+        sinks.push(SinkSpec { sink: Box::new(crate::sinks::splunk_hec::SplunkHecSink::new("splunk_hec", h)?), batch: h.batch.clone(), retry: h.retry.clone() });
+    }
+    let es = &config.sinks.elasticsearch;
+    if es.enabled {
+        sinks.push(SinkSpec { sink: Box::new(crate::sinks::elasticsearch::ElasticsearchSink::new("elasticsearch", es)?), batch: es.batch.clone(), retry: es.retry.clone() });
+    }
+    let l = &config.sinks.syslog;
+    if l.enabled {
+        let format = crate::sinks::syslog::formatter(l);
+        sinks.push(SinkSpec { sink: Box::new(crate::sinks::syslog::SyslogSink::new("syslog", l, format)?), batch: l.batch.clone(), retry: l.retry.clone() });
+    }
     Ok(sinks)
 }
 

@@ -10,17 +10,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::services::{ClickHouseServer, CH_PASSWORD};
-use common::*;
+use common::sink_run::*;
 use kcaudit::dead_letter::DeadLetterStore;
-use kcaudit::decode::{Format, Item};
-use kcaudit::pipeline::DedupOptions;
-use kcaudit::metrics::Metrics;
-use kcaudit::pipeline::{BatchReport, Pipeline, PipelineOptions, SinkSpec};
 use kcaudit::sinks::clickhouse::config::ClickHouseOptions;
 use kcaudit::sinks::clickhouse::ClickHouseSink;
 use kcaudit::sinks::{BatchOptions, RetryOptions};
@@ -31,13 +26,6 @@ fn server_with_table() -> Option<ClickHouseServer> {
     Some(s)
 }
 
-/// `n` distinct generated token-exchange events (a different seed gives different ids).
-fn generated(seed: u64, n: u64) -> Vec<Item> {
-    let mut body = Vec::new();
-    kcaudit::loadgen::write_file(kcaudit::loadgen::GenOptions { seed, ..Default::default() }, n, &mut body).unwrap();
-    decode(&body, Format::Auto)
-}
-
 fn options(url: &str) -> ClickHouseOptions {
     ClickHouseOptions {
         enabled: true,
@@ -46,62 +34,6 @@ fn options(url: &str) -> ClickHouseOptions {
         retry: RetryOptions { max_attempts: 200, initial_backoff_ms: 50, max_backoff_ms: 1000 },
         ..Default::default()
     }
-}
-
-struct Run {
-    pipeline: Pipeline,
-    metrics: Metrics,
-    dlq: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn start(opts: &ClickHouseOptions) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let dlq = dir.path().join("dead-letter.jsonl");
-    let metrics = Metrics::new();
-    let sink = ClickHouseSink::new("clickhouse", opts).unwrap();
-    let pipeline = Pipeline::start(
-        vec![SinkSpec { sink: Box::new(sink), batch: opts.batch.clone(), retry: opts.retry.clone() }],
-        DeadLetterStore::open(&dlq).unwrap(),
-        metrics.clone(),
-        &DedupOptions::default(),
-        &PipelineOptions::default(),
-    );
-    Run { pipeline, metrics, dlq, _dir: dir }
-}
-
-/// Submit `items` in webhook-sized batches, all in flight at once, and collect every report.
-async fn push(run: &Run, items: Vec<Item>) -> Vec<BatchReport> {
-    let h = run.pipeline.handle();
-    let mut pending = Vec::new();
-    let mut items = items;
-    while !items.is_empty() {
-        let rest = items.split_off(items.len().min(500));
-        pending.push(h.submit(std::mem::replace(&mut items, rest), "test", false).await.unwrap());
-    }
-    let mut out = Vec::new();
-    for rx in pending {
-        out.push(rx.await.unwrap().unwrap());
-    }
-    out
-}
-
-/// (accepted, delivered everywhere, dead-lettered, failed) over reports.
-fn fates(reports: &[BatchReport]) -> (u64, u64, u64, u64) {
-    let (mut a, mut d, mut dl, mut f) = (0, 0, 0, 0);
-    for r in reports {
-        let c = r.counts();
-        a += c.accepted;
-        dl += c.dead_lettered;
-        f += c.failed;
-        d += r.items.iter().filter(|i| i.dead_lettered.is_empty() && i.failed.is_empty() && i.event_id.is_some()).count() as u64;
-    }
-    (a, d, dl, f)
-}
-
-/// The first dead-letter or failure reason, for assertion messages.
-fn why(reports: &[BatchReport]) -> String {
-    reports.iter().flat_map(|r| &r.items).flat_map(|i| i.dead_lettered.iter().chain(&i.failed)).map(|(s, r)| format!("{s}: {r}")).next().unwrap_or_default()
 }
 
 /// Row count after forcing the merges (OPTIMIZE ... FINAL does nothing while a background merge holds
@@ -119,6 +51,10 @@ async fn merged_count(s: &ClickHouseServer, table: &str) -> u64 {
     s.count(&format!("SELECT count() FROM {table}"))
 }
 
+fn start(opts: &ClickHouseOptions) -> SinkRun {
+    start_sink(Box::new(ClickHouseSink::new("clickhouse", opts).unwrap()), &opts.batch, &opts.retry)
+}
+
 fn inserts_so_far(s: &ClickHouseServer) -> u64 {
     s.count("SELECT sum(value) FROM system.events WHERE event = 'InsertQuery'")
 }
@@ -130,13 +66,13 @@ async fn batches_and_concurrent_writers_land_exactly_once() {
     // Three instances write their own 10k events each, and all three also receive the same 1k
     // events (an upstream that delivered to every instance).
     let shared = || generated(99, 1000);
-    let runs: Vec<Run> = (0..3).map(|_| start(&options(&server.url()))).collect();
+    let runs: Vec<SinkRun> = (0..3).map(|_| start(&options(&server.url()))).collect();
     let mut tasks = Vec::new();
     for (i, run) in runs.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             let mut items = generated(i as u64 + 1, 10_000);
             items.extend(shared());
-            let reports = push(&run, items).await;
+            let reports = run.push_all(items).await;
             let delivered = run.metrics.render();
             run.pipeline.shutdown().await;
             (fates(&reports), delivered, why(&reports))
@@ -171,7 +107,7 @@ async fn server_killed_mid_stream_then_restarted_loses_and_duplicates_nothing() 
     assert_eq!(ids.len(), 30_000);
     let pusher = {
         let run = run.clone();
-        tokio::spawn(async move { push(&run, items).await })
+        tokio::spawn(async move { run.push_all(items).await })
     };
     // Let part of the stream land, then pull the plug.
     let t0 = Instant::now();
@@ -204,7 +140,7 @@ async fn wrong_password_and_missing_table_are_dead_lettered_never_acknowledged_a
     good.user = "kcaudit".into();
     good.password_env = Some("KCAUDIT_TEST_CH_PASSWORD".into());
     let run = start(&good);
-    let reports = push(&run, generated(1, 100)).await;
+    let reports = run.push_all(generated(1, 100)).await;
     assert_eq!(fates(&reports), (100, 100, 0, 0), "{}", why(&reports));
     run.pipeline.shutdown().await;
 
@@ -214,7 +150,7 @@ async fn wrong_password_and_missing_table_are_dead_lettered_never_acknowledged_a
     let mut bad = good.clone();
     bad.password_file = Some(pw_file.path().to_path_buf());
     let run = start(&bad);
-    let reports = push(&run, generated(2, 100)).await;
+    let reports = run.push_all(generated(2, 100)).await;
     assert_eq!(fates(&reports), (100, 0, 100, 0));
     let reason = &reports[0].items[0].dead_lettered[0].1;
     assert!(reason.contains("Code: 193") && reason.contains("Wrong password"), "{reason}");
@@ -231,7 +167,7 @@ async fn wrong_password_and_missing_table_are_dead_lettered_never_acknowledged_a
     let mut missing = options(&server.url());
     missing.table = "no_such_table".into();
     let run = start(&missing);
-    let reports = push(&run, generated(3, 50)).await;
+    let reports = run.push_all(generated(3, 50)).await;
     assert_eq!(fates(&reports), (50, 0, 50, 0));
     let reason = &reports[0].items[0].dead_lettered[0].1;
     assert!(reason.contains("Code: 60") && reason.contains("no_such_table"), "{reason}");
@@ -246,7 +182,7 @@ async fn wrong_password_and_missing_table_are_dead_lettered_never_acknowledged_a
     let mut old = options(&server.url());
     old.table = "events_old".into();
     let run = start(&old);
-    let reports = push(&run, generated(4, 30)).await;
+    let reports = run.push_all(generated(4, 30)).await;
     assert_eq!(fates(&reports), (30, 0, 30, 0));
     let reason = &reports[0].items[0].dead_lettered[0].1;
     assert!(reason.contains("Code: 16") && reason.contains("severity_rank"), "{reason}");
@@ -263,7 +199,7 @@ async fn fails_over_to_the_next_url_when_a_replica_is_down() {
     let mut opts = options(&server.url());
     opts.urls = vec![dead, server.url()];
     let run = start(&opts);
-    let reports = push(&run, generated(5, 2000)).await;
+    let reports = run.push_all(generated(5, 2000)).await;
     assert_eq!(fates(&reports), (2000, 2000, 0, 0), "{}", why(&reports));
     run.pipeline.shutdown().await;
     assert_eq!(server.count("SELECT count() FROM kcaudit.events"), 2000);
@@ -284,7 +220,7 @@ async fn tls_with_an_internal_ca_and_a_client_certificate() {
     opts.tls.client_cert_file = Some(pki.path("client.crt"));
     opts.tls.client_key_file = Some(pki.path("client.key"));
     let run = start(&opts);
-    let reports = push(&run, generated(11, 300)).await;
+    let reports = run.push_all(generated(11, 300)).await;
     assert_eq!(fates(&reports), (300, 300, 0, 0), "{}", why(&reports));
     run.pipeline.shutdown().await;
     assert_eq!(server.count("SELECT count() FROM kcaudit.events"), 300);
@@ -294,7 +230,7 @@ async fn tls_with_an_internal_ca_and_a_client_certificate() {
     let mut untrusted = options(&url);
     untrusted.retry = RetryOptions { max_attempts: 2, initial_backoff_ms: 10, max_backoff_ms: 10 };
     let run = start(&untrusted);
-    let reports = push(&run, generated(12, 10)).await;
+    let reports = run.push_all(generated(12, 10)).await;
     assert_eq!(fates(&reports), (10, 0, 10, 0));
     assert!(why(&reports).to_lowercase().contains("certificate"), "{}", why(&reports));
     run.pipeline.shutdown().await;

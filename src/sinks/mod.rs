@@ -15,6 +15,7 @@ pub mod http_client;
 pub mod route;
 pub mod splunk_hec;
 pub mod stdout;
+pub mod syslog;
 pub mod tls;
 
 use std::future::Future;
@@ -33,6 +34,27 @@ use crate::metrics::Metrics;
 use crate::pipeline::ack::{AckToken, SinkResult};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Cut a batch into requests: `sizes` (each event's encoded size) into consecutive ranges of at most
+/// `max_rows` events and, unless a single event is larger (it then goes alone), `max_bytes` bytes.
+/// Shared by every sink that splits batches (ClickHouse inserts, HEC and `_bulk` requests).
+pub fn cut(sizes: &[usize], max_rows: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0usize, 0usize);
+    for (i, s) in sizes.iter().enumerate() {
+        let rows = i - start;
+        if rows > 0 && (rows >= max_rows.max(1) || bytes + s > max_bytes) {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += s;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
 
 /// How a write failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -269,4 +291,19 @@ async fn deliver(sink: &mut dyn Sink, name: &str, items: Vec<SinkItem>, retry: &
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_by_rows_and_bytes() {
+        assert_eq!(cut(&[10; 5], 2, 1000), vec![0..2, 2..4, 4..5]);
+        assert_eq!(cut(&[10; 5], 100, 25), vec![0..2, 2..4, 4..5]);
+        assert_eq!(cut(&[100, 1, 1], 100, 50), vec![0..1, 1..3], "an oversized row goes alone");
+        assert_eq!(cut(&[1, 100, 1], usize::MAX, 50), vec![0..1, 1..2, 2..3]);
+        assert!(cut(&[], 10, 10).is_empty());
+    }
+
 }

@@ -4,6 +4,7 @@
 pub mod clickhouse;
 pub mod fake_keycloak;
 pub mod services;
+pub mod sink_run;
 
 use std::path::{Path, PathBuf};
 

@@ -289,3 +289,131 @@ pub fn chdb(python: &Path, path: &Path, steps: &[(String, &str)]) -> Vec<StepRes
     assert!(out.status.success(), "chdb runner failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("chdb runner output: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
+
+/// A private rsyslog (Debian's rsyslog, rsyslog-gnutls, rsyslog-relp) on free loopback ports with
+/// one input per transport, each writing the raw messages it receives (`%rawmsg%`, one per line)
+/// to its own file: `udp.log`, `tcp.log` (imptcp, octet counting or LF), `tls.log` (imtcp with
+/// gtls, RFC 5425) and `relp.log` (imrelp).
+pub struct Rsyslog {
+    pub dir: tempfile::TempDir,
+    pub udp: u16,
+    pub tcp: u16,
+    pub tls: u16,
+    pub relp: u16,
+    child: Option<Child>,
+}
+
+impl Rsyslog {
+    pub fn start(pki: &TestPki) -> Option<Rsyslog> {
+        let Some(bin) = std::env::var_os("KCAUDIT_RSYSLOGD").map(PathBuf::from).or_else(|| which("rsyslogd")) else {
+            return missing("rsyslogd is not installed");
+        };
+        // Debian keeps the modules in /usr/lib/<triplet>/rsyslog.
+        let module_dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib").map(|d| d.flatten().map(|e| e.path().join("rsyslog")).chain([PathBuf::from("/usr/lib/rsyslog")]).collect()).unwrap_or_default();
+        for module in ["imrelp.so", "lmnsd_gtls.so"] {
+            if !module_dirs.iter().any(|d| d.join(module).is_file()) {
+                return missing(&format!("rsyslog's {module} is missing (packages rsyslog-relp, rsyslog-gnutls)"));
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let (udp, tcp, tls, relp) = (free_port(), free_port(), free_port(), free_port());
+        // A long main-queue shutdown timeout: a stopped rsyslog writes out what it acknowledged.
+        let conf = format!(
+            r#"main_queue(queue.timeoutShutdown="20000")
+global(workDirectory="{d}" maxMessageSize="64k"
+       defaultNetstreamDriverCAFile="{ca}" defaultNetstreamDriverCertFile="{crt}" defaultNetstreamDriverKeyFile="{key}")
+module(load="imudp")
+module(load="imptcp")
+module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")
+module(load="imrelp")
+template(name="raw" type="string" string="%rawmsg%\n")
+input(type="imudp" port="{udp}" address="127.0.0.1" ruleset="udp")
+input(type="imptcp" port="{tcp}" address="127.0.0.1" ruleset="tcp")
+input(type="imtcp" port="{tls}" address="127.0.0.1" ruleset="tls")
+input(type="imrelp" port="{relp}" address="127.0.0.1" ruleset="relp")
+ruleset(name="udp") {{ action(type="omfile" file="{d}/udp.log" template="raw") }}
+ruleset(name="tcp") {{ action(type="omfile" file="{d}/tcp.log" template="raw") }}
+ruleset(name="tls") {{ action(type="omfile" file="{d}/tls.log" template="raw") }}
+ruleset(name="relp") {{ action(type="omfile" file="{d}/relp.log" template="raw") }}
+"#,
+            ca = pki.path("ca.crt").display(),
+            crt = pki.path("server.crt").display(),
+            key = pki.path("server.key").display(),
+        );
+        std::fs::write(dir.path().join("rsyslog.conf"), conf).unwrap();
+        let mut r = Rsyslog { dir, udp, tcp, tls, relp, child: None };
+        r.binary_start(&bin);
+        Some(r)
+    }
+
+    fn binary_start(&mut self, bin: &Path) {
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("rsyslogd.out")).unwrap();
+        let child = Command::new(bin)
+            .args(["-n", "-f"])
+            .arg(d.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(d.join("rsyslogd.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start rsyslogd");
+        self.child = Some(child);
+        // Ready when every TCP port accepts.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in [self.tcp, self.tls, self.relp] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "rsyslogd did not listen on {port}: {}", std::fs::read_to_string(d.join("rsyslogd.out")).unwrap_or_default());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Stop (SIGKILL: like a crash, nothing flushed to senders).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop gracefully (SIGTERM): rsyslog finishes writing what it has accepted, then exits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same ports and files.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none());
+        let bin = std::env::var_os("KCAUDIT_RSYSLOGD").map(PathBuf::from).or_else(|| which("rsyslogd")).unwrap();
+        self.binary_start(&bin);
+    }
+
+    /// The messages one input wrote so far (one per line).
+    pub fn lines(&self, input: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join(format!("{input}.log"))).unwrap_or_default().lines().map(String::from).collect()
+    }
+
+    /// Wait until `input` has at least `n` messages (or `secs` pass); returns them.
+    pub fn wait_for(&self, input: &str, n: usize, secs: u64) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let l = self.lines(input);
+            if l.len() >= n || Instant::now() > deadline {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use self::config::{Auto, ClickHouseOptions};
 use self::error::{classify, Classified, AUTH_CODES};
 use self::row::{DeadLetterRow, EventRow};
-use super::{BoxFuture, Sink, SinkError, WriteReport};
+use super::{cut, BoxFuture, Sink, SinkError, WriteReport};
 use crate::event::AuditEvent;
 
 /// What a replica's server can do, learned from its version.
@@ -149,31 +149,12 @@ pub fn deduplication_token(table: &str, ids: &mut dyn Iterator<Item = &str>) -> 
     hex::encode(&h.finalize()[..16])
 }
 
-/// Cut `sizes` (row byte estimates) into consecutive ranges of at most `max_rows` rows and, unless a
-/// single row is larger, `max_bytes` bytes.
-pub fn cut(sizes: &[usize], max_rows: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0usize, 0usize);
-    for (i, s) in sizes.iter().enumerate() {
-        let rows = i - start;
-        if rows > 0 && (rows >= max_rows.max(1) || bytes + s > max_bytes) {
-            out.push(start..i);
-            start = i;
-            bytes = 0;
-        }
-        bytes += s;
-    }
-    if start < sizes.len() {
-        out.push(start..sizes.len());
-    }
-    out
-}
-
 fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn instance_name() -> String {
+/// This machine's name (HOSTNAME, else the kernel's), for dead letters and syslog headers.
+pub fn instance_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -352,14 +333,6 @@ impl Sink for ClickHouseSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cut_by_rows_and_bytes() {
-        assert_eq!(cut(&[10; 5], 2, 1000), vec![0..2, 2..4, 4..5]);
-        assert_eq!(cut(&[10; 5], 100, 25), vec![0..2, 2..4, 4..5]);
-        assert_eq!(cut(&[100, 1, 1], 100, 50), vec![0..1, 1..3], "an oversized row goes alone");
-        assert!(cut(&[], 10, 10).is_empty());
-    }
 
     #[test]
     fn token_depends_on_every_id_and_the_table() {
