@@ -8,6 +8,8 @@
 #   - rsyslog with its TLS (gnutls) and RELP modules (Debian's rsyslog, rsyslog-gnutls, rsyslog-relp);
 #     the tests run private rsyslogd instances on free loopback ports, never the system one.
 #   - openssl, to make the test certificates.
+#   - tansu, a Kafka-protocol broker from crates.io, built once into ~/.cache/kcaudit/tansu (the first
+#     build takes 15-25 minutes on 2 cores; later runs reuse it). Tests start private brokers.
 # KCAUDIT_REQUIRE_SERVICES=1 makes every test that needs a service fail (never skip) if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +44,15 @@ if ! "$venv/bin/python" -c "import chdb" >/dev/null 2>&1; then
     "$venv/bin/pip" install -q chdb-core
 fi
 
+tansu="${KCAUDIT_TANSU:-$HOME/.cache/kcaudit/tansu/bin/tansu}"
+if [ ! -x "$tansu" ]; then
+    echo "==> building the tansu Kafka-protocol broker (once per machine; cached in ~/.cache/kcaudit/tansu)"
+    cargo install tansu --version 0.6.0 --features dynostore --root "$HOME/.cache/kcaudit/tansu" --locked
+    tansu="$HOME/.cache/kcaudit/tansu/bin/tansu"
+fi
+
 export KCAUDIT_REQUIRE_SERVICES=1
+export KCAUDIT_TANSU="$tansu"
 export KCAUDIT_CLICKHOUSE_SERVER="$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)"
 export KCAUDIT_CHDB_PYTHON="$venv/bin/python"
 export KCAUDIT_RSYSLOGD=/usr/sbin/rsyslogd

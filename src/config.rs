@@ -35,6 +35,7 @@ pub struct Config {
     pub enrich: EnrichOptions,
     pub admin_api: AdminApiOptions,
     pub poll: PollOptions,
+    pub kafka: crate::sources::kafka::KafkaSourceOptions,
     pub detect: DetectOptions,
     pub dedup: DedupOptions,
     pub pipeline: PipelineOptions,
@@ -52,6 +53,7 @@ impl Default for Config {
             enrich: EnrichOptions::default(),
             admin_api: AdminApiOptions::default(),
             poll: PollOptions::default(),
+            kafka: Default::default(),
             detect: DetectOptions::default(),
             dedup: DedupOptions::default(),
             pipeline: PipelineOptions::default(),
@@ -109,12 +111,16 @@ pub struct SinksOptions {
     pub splunk_hec: crate::sinks::splunk_hec::SplunkHecOptions,
     pub syslog: crate::sinks::syslog::SyslogOptions,
     pub elasticsearch: crate::sinks::elasticsearch::ElasticsearchOptions,
+    pub sentinel: crate::sinks::sentinel::SentinelOptions,
+    pub kafka: crate::sinks::kafka::KafkaSinkOptions,
+    /// `[[sinks.http]]`: any number of generic HTTP destinations.
+    pub http: Vec<crate::sinks::http::HttpSinkOptions>,
 }
 
 impl SinksOptions {
     /// Whether any sink is enabled.
     pub fn any_enabled(&self) -> bool {
-        self.audit_log.enabled || self.stdout.enabled || self.clickhouse.enabled || self.splunk_hec.enabled || self.syslog.enabled || self.elasticsearch.enabled
+        self.audit_log.enabled || self.stdout.enabled || self.clickhouse.enabled || self.splunk_hec.enabled || self.syslog.enabled || self.elasticsearch.enabled || self.sentinel.enabled || self.kafka.enabled || self.http.iter().any(|h| h.enabled)
     }
 }
 
@@ -123,6 +129,8 @@ impl SinksOptions {
 #[serde(deny_unknown_fields, default)]
 pub struct StdoutOptions {
     pub enabled: bool,
+    /// `canonical` (kcaudit's event), `ocsf` or `ecs`.
+    pub format: crate::sinks::encode::JsonFormat,
     pub batch: BatchOptions,
     pub retry: RetryOptions,
 }
@@ -232,7 +240,7 @@ impl Config {
                 p.push(Problem { key: "poll.realms".into(), message: "list the realms to poll".into(), is_error: true });
             }
         }
-        if !self.webhook.enabled && !self.poll.enabled {
+        if !self.webhook.enabled && !self.poll.enabled && !self.kafka.enabled {
             p.push(Problem { key: "webhook.enabled".into(), message: "no source is enabled: `kcaudit serve` would receive nothing".into(), is_error: false });
         }
         if self.admin_api.url.is_some() {
@@ -242,9 +250,24 @@ impl Config {
         }
         p.extend(self.webhook.problems());
         p.extend(self.sinks.clickhouse.problems());
+        p.extend(self.kafka.problems());
         p.extend(self.sinks.splunk_hec.problems());
         p.extend(self.sinks.syslog.problems());
         p.extend(self.sinks.elasticsearch.problems());
+        p.extend(self.sinks.sentinel.problems());
+        p.extend(self.sinks.kafka.problems());
+        for (i, h) in self.sinks.http.iter().enumerate() {
+            p.extend(h.problems(i));
+        }
+        // Sink names key metrics, dead letters and acknowledgements: they must be unique.
+        let mut names: Vec<&str> = self.sinks.http.iter().filter(|h| h.enabled).map(|h| h.name.as_str()).collect();
+        names.extend(["audit_log", "stdout", "clickhouse", "splunk_hec", "syslog", "elasticsearch", "sentinel", "kafka"]);
+        names.sort_unstable();
+        for w in names.windows(2) {
+            if w[0] == w[1] {
+                p.push(Problem { key: "sinks.http".into(), message: format!("sink name {:?} is used twice", w[0]), is_error: true });
+            }
+        }
         p
     }
 

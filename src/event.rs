@@ -237,6 +237,24 @@ pub struct Origin {
     pub delivery_id: Option<String>,
     /// The log line's envelope, for log inputs.
     pub log: Option<LogEnvelope>,
+    /// Where the record sat in Kafka, with its key and headers (Kafka inputs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaRecord>,
+}
+
+/// A Kafka record's coordinates and metadata (the value is what was decoded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record key, as text (lossy for binary keys).
+    pub key: Option<String>,
+    /// Record headers, as text.
+    pub headers: BTreeMap<String, String>,
+    /// The record timestamp (epoch milliseconds), when the producer or broker set one.
+    pub timestamp_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

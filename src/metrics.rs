@@ -4,7 +4,7 @@
 //! exact counts. Names follow Prometheus conventions (`_total` counters, `_seconds` histograms).
 //! The counting invariant the tests check: `received = accepted + duplicates + rejected + skipped`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -20,6 +20,7 @@ pub struct Metrics {
     pub sink_retries: IntCounterVec,
     pub sink_errors: IntCounterVec,
     pub filtered: IntCounterVec,
+    pub kafka_lag: IntGaugeVec,
     pub requests: IntCounterVec,
     pub enrichment: IntCounterVec,
     pub request_seconds: HistogramVec,
@@ -56,6 +57,11 @@ impl Metrics {
             dead_lettered: counter_vec(&r, "kcaudit_dead_letters_total", "Records written to the dead-letter store, by stage and sink.", &["stage", "sink"]),
             sink_retries: counter_vec(&r, "kcaudit_sink_retries_total", "Batch retries after transient sink failures.", &["sink"]),
             sink_errors: counter_vec(&r, "kcaudit_sink_errors_total", "Failed sink writes, by sink and kind (transient: retried; permanent: dead-lettered).", &["sink", "kind"]),
+            kafka_lag: {
+                let g = IntGaugeVec::new(Opts::new("kcaudit_kafka_consumer_lag", "Records between the committable position and the partition's high watermark."), &["topic", "partition"]).expect("valid");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             filtered: counter_vec(&r, "kcaudit_events_filtered_total", "Events a sink's route did not take (resolved at once for that sink).", &["sink"]),
             requests: counter_vec(&r, "kcaudit_webhook_requests_total", "Webhook requests by HTTP status.", &["status"]),
             enrichment: counter_vec(&r, "kcaudit_enrichment_total", "Events enriched, by status (enriched, partial, not_enriched).", &["status"]),

@@ -32,7 +32,7 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
     }
     let s = &config.sinks.stdout;
     if s.enabled {
-        sinks.push(SinkSpec { sink: Box::new(StdoutSink), batch: s.batch.clone(), retry: s.retry.clone() });
+        sinks.push(SinkSpec { sink: Box::new(StdoutSink { format: s.format }), batch: s.batch.clone(), retry: s.retry.clone() });
     }
     let c = &config.sinks.clickhouse;
     if c.enabled {
@@ -46,6 +46,17 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
     if es.enabled {
         sinks.push(SinkSpec { sink: Box::new(crate::sinks::elasticsearch::ElasticsearchSink::new("elasticsearch", es)?), batch: es.batch.clone(), retry: es.retry.clone() });
     }
+    let az = &config.sinks.sentinel;
+    if az.enabled {
+        sinks.push(SinkSpec { sink: Box::new(crate::sinks::sentinel::SentinelSink::new("sentinel", az)?), batch: az.batch.clone(), retry: az.retry.clone() });
+    }
+    let k = &config.sinks.kafka;
+    if k.enabled {
+        sinks.push(SinkSpec { sink: Box::new(crate::sinks::kafka::KafkaSink::new("kafka", k)?), batch: k.batch.clone(), retry: k.retry.clone() });
+    }
+    for h in config.sinks.http.iter().filter(|h| h.enabled) {
+        sinks.push(SinkSpec { sink: Box::new(crate::sinks::http::HttpSink::new(h)?), batch: h.batch.clone(), retry: h.retry.clone() });
+    }
     let l = &config.sinks.syslog;
     if l.enabled {
         let format = crate::sinks::syslog::formatter(l);
@@ -54,7 +65,7 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
     Ok(sinks)
 }
 
-/// Start the pipeline and the enabled sources (webhook listener, admin-API poller).
+/// Start the pipeline and the enabled sources (webhook listener, admin-API poller, Kafka consumer).
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let dlq = DeadLetterStore::open(&config.data_path(&config.dead_letter.path))?;
     if config.sinks.clickhouse.enabled && config.sinks.clickhouse.migrate_on_start {
@@ -93,6 +104,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             pipeline: pipeline.handle(),
         };
         sources.push(("admin_poll", tokio::spawn(poller.run(stopped()))));
+    }
+    if config.kafka.enabled {
+        let source = crate::sources::kafka::KafkaSource::new(&config.kafka, &config.decode, pipeline.handle().metrics.clone())?;
+        sources.push(("kafka", tokio::spawn(source.run(pipeline.handle(), stopped()))));
     }
     Ok(Running { webhook_addr, pipeline: pipeline.handle(), sources, stop, pipeline_owner: pipeline })
 }

@@ -29,7 +29,7 @@ use serde_json::Value;
 use super::http_client::{self, SecretOptions};
 use super::route::RouteFilter;
 use super::tls::TlsOptions;
-use super::{BatchOptions, BoxFuture, RetryOptions, Sink, SinkError, WriteReport};
+use super::{BatchOptions, RetryOptions, SinkError, WriteReport};
 use crate::config::Problem;
 use crate::event::{format_time, AuditEvent};
 use crate::sinks::encode::ecs;
@@ -495,19 +495,7 @@ impl ElasticsearchSink {
     }
 }
 
-impl Sink for ElasticsearchSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
-        Box::pin(self.write_batch(events))
-    }
-
-    fn accepts(&self, event: &AuditEvent) -> bool {
-        self.opts.route.matches(event)
-    }
-}
+super::routed_sink!(ElasticsearchSink);
 
 #[cfg(test)]
 mod tests {

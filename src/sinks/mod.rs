@@ -11,8 +11,11 @@ pub mod clickhouse;
 pub mod elasticsearch;
 pub mod encode;
 pub mod file;
+pub mod http;
 pub mod http_client;
+pub mod kafka;
 pub mod route;
+pub mod sentinel;
 pub mod splunk_hec;
 pub mod stdout;
 pub mod syslog;
@@ -95,6 +98,31 @@ pub trait Sink: Send + 'static {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// `impl Sink` for a sink that has a `name: String`, options with a `route: RouteFilter` in
+/// `self.opts`, and an `async fn write_batch(&mut self, &[Arc<AuditEvent>])`: the shape of every
+/// network sink, so the trait wiring is written once.
+macro_rules! routed_sink {
+    ($t:ty) => {
+        impl $crate::sinks::Sink for $t {
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            fn accepts(&self, event: &$crate::event::AuditEvent) -> bool {
+                self.opts.route.matches(event)
+            }
+
+            fn write<'a>(
+                &'a mut self,
+                events: &'a [std::sync::Arc<$crate::event::AuditEvent>],
+            ) -> $crate::sinks::BoxFuture<'a, Result<$crate::sinks::WriteReport, $crate::sinks::SinkError>> {
+                Box::pin(self.write_batch(events))
+            }
+        }
+    };
+}
+pub(crate) use routed_sink;
 
 /// Batching options shared by all sinks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

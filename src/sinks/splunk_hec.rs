@@ -65,7 +65,7 @@ use serde_json::Value;
 use super::http_client::{self, SecretOptions};
 use super::route::RouteFilter;
 use super::tls::TlsOptions;
-use super::{BatchOptions, BoxFuture, RetryOptions, Sink, SinkError, WriteReport};
+use super::{BatchOptions, RetryOptions, SinkError, WriteReport};
 use crate::config::Problem;
 use crate::event::{AuditEvent, EventKind};
 
@@ -818,19 +818,7 @@ impl SplunkHecSink {
     }
 }
 
-impl Sink for SplunkHecSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
-        Box::pin(self.write_batch(events))
-    }
-
-    fn accepts(&self, event: &AuditEvent) -> bool {
-        self.opts.route.matches(event)
-    }
-}
+super::routed_sink!(SplunkHecSink);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use super::{BoxFuture, Sink, SinkError, WriteReport};
 use crate::event::AuditEvent;
 
-pub struct StdoutSink;
+/// Writes JSON lines to standard output, in the canonical shape or as OCSF / ECS records.
+#[derive(Default)]
+pub struct StdoutSink {
+    pub format: super::encode::JsonFormat,
+}
 
 impl Sink for StdoutSink {
     fn name(&self) -> &str {
@@ -15,7 +19,19 @@ impl Sink for StdoutSink {
     }
 
     fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
-        let buf = super::file::encode_lines(events);
+        let buf = match self.format {
+            super::encode::JsonFormat::Canonical => super::file::encode_lines(events),
+            other => {
+                let mut buf = Vec::new();
+                for e in events {
+                    for r in super::encode::json_records(e, other) {
+                        let _ = serde_json::to_writer(&mut buf, &r);
+                        buf.push(b'\n');
+                    }
+                }
+                buf
+            }
+        };
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let mut out = std::io::stdout().lock();

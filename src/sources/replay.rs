@@ -109,7 +109,7 @@ pub async fn run(config: &Config, req: &ReplayRequest) -> anyhow::Result<ReplayR
     } else {
         let sink: Box<dyn Sink> = match &req.out {
             Some(p) => Box::new(FileSink::create_output(p)?),
-            None => Box::new(StdoutSink),
+            None => Box::new(StdoutSink::default()),
         };
         vec![SinkSpec { sink, batch: BatchOptions { max_events: 4096, max_wait_ms: 5, queue_capacity: 8192 }, retry: RetryOptions::default() }]
     };

@@ -417,3 +417,48 @@ impl Drop for Rsyslog {
         self.kill();
     }
 }
+
+/// A Kafka-protocol broker: `tansu` (crates.io), in-memory storage, on a free loopback port.
+/// `scripts/test.sh` builds it once into `~/.cache/kcaudit/tansu`.
+pub struct Broker {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Option<Broker> {
+        let bin = std::env::var_os("KCAUDIT_TANSU")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/kcaudit/tansu/bin/tansu")))
+            .filter(|p| p.is_file());
+        let Some(bin) = bin else { return missing("the tansu broker is not built (KCAUDIT_TANSU or ~/.cache/kcaudit/tansu/bin/tansu)") };
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Broker { port, child: Some(child) })
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -7,3 +7,31 @@ pub mod ecs;
 pub mod leef;
 pub mod ocsf;
 pub mod syslog;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::AuditEvent;
+
+/// The JSON shape a JSON sink (HTTP, stdout, Kafka) writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonFormat {
+    /// kcaudit's canonical event (`schemas/audit-event.schema.json`).
+    #[default]
+    Canonical,
+    /// OCSF: an Authentication (3002) or API Activity (6003) record, then one Detection Finding
+    /// (2004) record per finding.
+    Ocsf,
+    /// An Elastic Common Schema document.
+    Ecs,
+}
+
+/// The JSON records `e` becomes in `format` (OCSF gives one per finding besides the event's own).
+pub fn json_records(e: &AuditEvent, format: JsonFormat) -> Vec<serde_json::Value> {
+    match format {
+        JsonFormat::Canonical => vec![serde_json::to_value(e).unwrap_or_default()],
+        JsonFormat::Ocsf => ocsf::records(e),
+        JsonFormat::Ecs => vec![ecs::document(e)],
+    }
+}
