@@ -10,6 +10,7 @@
 //! `schemas/elasticsearch/index-template.json` with an agreeing type, and the exact `_bulk` bodies.
 
 mod common;
+use common::sink_run::items_of;
 use common::sink_run::{start_sink, SinkRun};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use kcaudit::dead_letter::DeadLetterStore;
-use kcaudit::decode::{Decoded, Item};
+use kcaudit::decode::Item;
 use kcaudit::event::{AuditEvent, LogEnvelope, Severity};
 use kcaudit::pipeline::BatchReport;
 use kcaudit::sinks::elasticsearch::{source, AuthOptions, AuthStrategy, ElasticsearchOptions, ElasticsearchSink, DEFAULT_INDEX};
@@ -422,20 +423,8 @@ fn with_api_key(mut o: ElasticsearchOptions) -> ElasticsearchOptions {
     o
 }
 
-/// The fixture events with a machine-independent origin (the replay records the absolute path).
 async fn fixture() -> Vec<AuditEvent> {
-    let mut evs = common::clickhouse::fixture_events().await;
-    for e in &mut evs {
-        e.origin.input = e.origin.input.rsplit('/').next().unwrap().to_string();
-        if let Some(en) = &mut e.enrichment {
-            en.source = Some("directory:tests/fixtures/keycloak/admin-api".into());
-        }
-    }
-    evs
-}
-
-fn items_of(events: &[AuditEvent]) -> Vec<Item> {
-    events.iter().map(|e| Item { origin: e.origin.clone(), decoded: Decoded::Event(Box::new(e.clone())), raw: None }).collect()
+    common::sink_run::stable_fixture().await
 }
 
 fn start(opts: &ElasticsearchOptions) -> SinkRun {

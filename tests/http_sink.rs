@@ -9,8 +9,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use common::clickhouse::fixture_events;
 use common::sink_run::{fates, start_sink};
-use kcaudit::decode::{Decoded, Item};
-use kcaudit::event::{AuditEvent, Origin, Severity};
+use kcaudit::decode::Item;
+use kcaudit::event::{AuditEvent, Severity};
 use kcaudit::sinks::encode::{ocsf, JsonFormat};
 use kcaudit::sinks::http::{AuthStrategy, Encoding, HttpSink, HttpSinkOptions};
 use kcaudit::sinks::http_client::SecretOptions;
@@ -58,7 +58,7 @@ async fn collector() -> (String, Arc<Mutex<Collector>>) {
 }
 
 fn items(events: &[AuditEvent]) -> Vec<Item> {
-    events.iter().map(|e| Item { origin: Origin::default(), decoded: Decoded::Event(Box::new(e.clone())), raw: None }).collect()
+    common::sink_run::items_of(events)
 }
 
 fn options(url: &str) -> HttpSinkOptions {

@@ -211,7 +211,7 @@ async fn the_sink_produces_every_event_keyed_by_realm_and_exchanger() {
     let events = common::clickhouse::fixture_events().await;
     let o = KafkaSinkOptions { enabled: true, brokers: brokers.clone(), ..Default::default() };
     let run = common::sink_run::start_sink(Box::new(KafkaSink::new("kafka", &o).unwrap()), &o.batch, &o.retry);
-    let items = events.iter().map(|e| kcaudit::decode::Item { origin: Default::default(), decoded: kcaudit::decode::Decoded::Event(Box::new(e.clone())), raw: None }).collect();
+    let items = common::sink_run::items_of(&events);
     let report = run.push(items).await;
     assert_eq!(common::sink_run::fates(&[report]), (67, 67, 0, 0), "acknowledged only after the broker's delivery reports");
     run.pipeline.shutdown().await;

@@ -12,6 +12,7 @@
 //!   Monitoring Metrics Publisher role; accepted rows are stored, answer 204.
 
 mod common;
+use common::sink_run::items_of;
 use common::sink_run::{start_sink, SinkRun};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -26,7 +27,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use kcaudit::dead_letter::DeadLetterStore;
-use kcaudit::decode::{Decoded, Item};
 use kcaudit::event::{AuditEvent, EventKind, Outcome, Severity};
 use kcaudit::pipeline::BatchReport;
 use kcaudit::sinks::http_client::SecretOptions;
@@ -324,20 +324,8 @@ fn start(opts: &SentinelOptions) -> SinkRun {
     start_sink(Box::new(SentinelSink::new("sentinel", opts).unwrap()), &opts.batch, &opts.retry)
 }
 
-/// The fixture events with a machine-independent origin (the replay records the absolute path).
 async fn fixture() -> Vec<AuditEvent> {
-    let mut evs = common::clickhouse::fixture_events().await;
-    for e in &mut evs {
-        e.origin.input = e.origin.input.rsplit('/').next().unwrap().to_string();
-        if let Some(en) = &mut e.enrichment {
-            en.source = Some("directory:tests/fixtures/keycloak/admin-api".into());
-        }
-    }
-    evs
-}
-
-fn items_of(events: &[AuditEvent]) -> Vec<Item> {
-    events.iter().map(|e| Item { origin: e.origin.clone(), decoded: Decoded::Event(Box::new(e.clone())), raw: None }).collect()
+    common::sink_run::stable_fixture().await
 }
 
 fn fates(r: &BatchReport) -> (u64, u64, u64, u64) {

@@ -19,7 +19,7 @@ use axum::response::IntoResponse;
 use serde_json::{json, Value};
 
 use kcaudit::dead_letter::DeadLetterStore;
-use kcaudit::decode::{Decoded, Item};
+use kcaudit::decode::Item;
 use kcaudit::event::{AuditEvent, EventKind, Severity};
 use kcaudit::pipeline::BatchReport;
 use kcaudit::sinks::http_client::SecretOptions;
@@ -372,7 +372,7 @@ async fn events() -> Vec<AuditEvent> {
 }
 
 fn items(events: &[AuditEvent]) -> Vec<Item> {
-    events.iter().map(|e| Item { origin: e.origin.clone(), decoded: Decoded::Event(Box::new(e.clone())), raw: None }).collect()
+    common::sink_run::items_of(events)
 }
 
 fn options(url: &str) -> SplunkHecOptions {

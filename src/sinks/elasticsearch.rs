@@ -335,11 +335,7 @@ pub fn classify_response(body: &[u8], n: usize) -> Result<Vec<ItemFate>, SinkErr
 fn preview_json(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 300 {
-        let mut cut = 300;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        format!("{}…", &s[..cut])
+        format!("{}…", super::text::truncate_bytes(&s, 300))
     } else {
         s
     }

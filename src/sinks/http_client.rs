@@ -49,30 +49,12 @@ pub fn transient_status(status: u16) -> bool {
 
 /// A failed request (no response) as a sink error: always transient (the destination may come back).
 pub fn request_error(url: &str, e: &reqwest::Error) -> SinkError {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    SinkError::Transient(format!("{url}: {text}"))
+    SinkError::Transient(format!("{url}: {}", super::text::error_chain(e)))
 }
 
 /// A non-success response as a sink error, keeping the destination's words (bounded).
 pub fn status_error(url: &str, status: u16, body: &str) -> SinkError {
-    let mut body: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    if body.len() > 1024 {
-        let mut cut = 1024;
-        while !body.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        body.truncate(cut);
-        body.push('…');
-    }
+    let body = super::text::one_line(body, 1024);
     let msg = format!("{url}: HTTP {status}: {body}");
     if transient_status(status) {
         SinkError::Transient(msg)

@@ -19,6 +19,7 @@ pub mod sentinel;
 pub mod splunk_hec;
 pub mod stdout;
 pub mod syslog;
+pub mod text;
 pub mod tls;
 
 use std::future::Future;

@@ -759,16 +759,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) -> 
 
 /// A bounded, one-line version of a body for messages.
 fn bounded(body: &str) -> String {
-    let mut s: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    if s.len() > 1024 {
-        let mut cut = 1024;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
+    super::text::one_line(body, 1024)
 }
 
 /// The reason text for a failed ingestion answer: Azure's code and message, and what usually causes it.

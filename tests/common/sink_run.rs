@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kcaudit::dead_letter::DeadLetterStore;
-use kcaudit::decode::{Format, Item};
+use kcaudit::decode::{Decoded, Format, Item};
+use kcaudit::event::AuditEvent;
 use kcaudit::metrics::Metrics;
 use kcaudit::pipeline::{BatchReport, DedupOptions, Pipeline, PipelineOptions, SinkSpec};
 use kcaudit::sinks::{BatchOptions, RetryOptions, Sink};
@@ -79,4 +80,22 @@ pub fn generated(seed: u64, n: u64) -> Vec<Item> {
     let mut body = Vec::new();
     kcaudit::loadgen::write_file(kcaudit::loadgen::GenOptions { seed, ..Default::default() }, n, &mut body).unwrap();
     super::decode(&body, Format::Auto)
+}
+
+/// Events as pipeline items (each keeps its own origin).
+pub fn items_of(events: &[AuditEvent]) -> Vec<Item> {
+    events.iter().map(|e| Item { origin: e.origin.clone(), decoded: Decoded::Event(Box::new(e.clone())), raw: None }).collect()
+}
+
+/// The enriched, flagged fixture events with a machine-independent origin and enrichment source
+/// (the replay records absolute paths), for tests that pin exact request bodies.
+pub async fn stable_fixture() -> Vec<AuditEvent> {
+    let mut evs = super::clickhouse::fixture_events().await;
+    for e in &mut evs {
+        e.origin.input = e.origin.input.rsplit('/').next().unwrap().to_string();
+        if let Some(en) = &mut e.enrichment {
+            en.source = Some("directory:tests/fixtures/keycloak/admin-api".into());
+        }
+    }
+    evs
 }

@@ -59,19 +59,7 @@ pub const AUTH_CODES: &[i32] = &[192, 193, 194, 195, 516, 497];
 /// Classify an error from the `clickhouse` crate.
 pub fn classify(err: &clickhouse::error::Error) -> Classified {
     use clickhouse::error::Error as E;
-    // The causes carry the useful part ("invalid peer certificate: UnknownIssuer" under "client
-    // error (Connect)"), so the whole chain goes into the message.
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    let text = one_line(&text);
+    let text = one_line(&crate::sinks::text::error_chain(err));
     match err {
         E::Network(_) => Classified { code: None, transient: true, fail_over: true, message: format!("cannot reach ClickHouse: {text}") },
         E::TimedOut => Classified { code: None, transient: true, fail_over: true, message: "ClickHouse did not answer in time".into() },
@@ -110,16 +98,7 @@ pub fn exception_code(body: &str) -> Option<i32> {
 
 /// Error bodies can be long and multi-line (stack traces on old servers); keep the first 2 KiB on one line.
 fn one_line(s: &str) -> String {
-    let mut out: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if out.len() > 2048 {
-        let mut cut = 2048;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.push('…');
-    }
-    out
+    crate::sinks::text::one_line(s, 2048)
 }
 
 #[cfg(test)]

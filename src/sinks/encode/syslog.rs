@@ -271,7 +271,7 @@ where
     out.push_str(": ");
     out.push_str(&one_line(msg));
     match max_bytes {
-        Some(max) if out.len() > max => truncate_bytes(&out, max).to_string(),
+        Some(max) if out.len() > max => crate::sinks::text::truncate_bytes(&out, max).to_string(),
         _ => out,
     }
 }
@@ -501,16 +501,6 @@ fn pri(facility: u8, severity: u8) -> u16 {
     u16::from(facility.min(23)) * 8 + u16::from(severity.min(7))
 }
 
-fn truncate_bytes(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut i = max;
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    &s[..i]
-}
 
 #[cfg(test)]
 mod tests {
