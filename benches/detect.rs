@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(batch.len() as u64));
     g.bench_function("1000_events", |b| {
         b.iter_batched(
-            || (batch.clone(), Detector { opts: warm.opts.clone(), state: warm.state.clone(), store: None }),
+            || (batch.clone(), Detector { opts: warm.opts.clone(), state: warm.state.clone(), store: None, partitions: None }),
             |(mut evs, mut d)| {
                 for e in evs.iter_mut() {
                     d.process(e);

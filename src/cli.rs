@@ -159,6 +159,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ClickhouseAction,
     },
+    /// Dead letters: list, show, replay (once the cause is fixed), purge, compact (docs/dead-letters.md).
+    Dlq {
+        #[command(subcommand)]
+        action: crate::dead_letter::workflow::DlqAction,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -315,6 +320,10 @@ pub fn main() -> ExitCode {
             eprintln!("kcaudit directory sync: snapshot written to {} (use it with --set enrich.directory={})", out.display(), out.display());
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Dlq { action } => {
+            let args = action.config_args().clone();
+            with_config(&args, |c| crate::dead_letter::workflow::run(c, action))
+        }
         Command::Serve(args) => with_config(&args, |c| runtime()?.block_on(serve(c))),
         Command::Replay { mut config, format, out, report, directory, realm_export, state, fail_on_reject, quiet, to_sinks, inputs } => {
             if let Some(d) = directory {

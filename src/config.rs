@@ -27,6 +27,10 @@ use crate::sources::webhook::config::WebhookOptions;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// This instance's job: `all` (one process does everything), `edge` (webhooks in, normalised
+    /// events out to `[sinks.kafka]`) or `worker` (`[kafka]` in, enrichment, per-partition detection,
+    /// every other sink). See `docs/scale-out.md`.
+    pub role: Role,
     /// Directory for the audit log and the dead-letter store (relative paths below resolve here).
     pub data_dir: PathBuf,
     pub log: LogOptions,
@@ -40,12 +44,15 @@ pub struct Config {
     pub dedup: DedupOptions,
     pub pipeline: PipelineOptions,
     pub dead_letter: DeadLetterOptions,
+    /// The durable ingest spool between the webhook and the sinks.
+    pub spool: crate::spool::SpoolOptions,
     pub sinks: SinksOptions,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
+            role: Role::All,
             data_dir: PathBuf::from("kcaudit-data"),
             log: LogOptions::default(),
             webhook: WebhookOptions::default(),
@@ -58,9 +65,27 @@ impl Default for Config {
             dedup: DedupOptions::default(),
             pipeline: PipelineOptions::default(),
             dead_letter: DeadLetterOptions::default(),
+            spool: Default::default(),
             sinks: SinksOptions::default(),
         }
     }
+}
+
+/// An instance's job in a scaled-out deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sources, enrichment, detection and every sink in one process.
+    #[default]
+    All,
+    /// Takes webhooks (and polled admin events), validates and normalises them, and publishes the
+    /// events to `[sinks.kafka]` keyed by realm and exchanger, answering the sender only once Kafka
+    /// has them. No enrichment, no detection.
+    Edge,
+    /// Consumes `[kafka]`, enriches, detects with one state per owned partition (kept in the
+    /// compacted `kafka.state_topic`), and writes to the sinks. Its HTTP listener serves health and
+    /// metrics only.
+    Worker,
 }
 
 /// `[log]`: kcaudit's own diagnostics (on stderr).
@@ -93,11 +118,13 @@ pub enum LogFormat {
 pub struct DeadLetterOptions {
     /// JSON-lines file; relative paths are under `data_dir`.
     pub path: PathBuf,
+    /// Publish every dead letter to a Kafka topic too (the shared copy when disks are ephemeral).
+    pub kafka: crate::dead_letter::DeadLetterTopicOptions,
 }
 
 impl Default for DeadLetterOptions {
     fn default() -> Self {
-        DeadLetterOptions { path: PathBuf::from("dead-letter.jsonl") }
+        DeadLetterOptions { path: PathBuf::from("dead-letter.jsonl"), kafka: Default::default() }
     }
 }
 
@@ -248,6 +275,10 @@ impl Config {
                 p.push(Problem { key: "admin_api.client_secret_env".into(), message: e, is_error: true });
             }
         }
+        p.extend(self.role_problems());
+        if self.spool.enabled && self.spool.max_bytes < 1 << 20 {
+            p.push(Problem { key: "spool.max_bytes".into(), message: "at least 1 MiB".into(), is_error: true });
+        }
         p.extend(self.webhook.problems());
         p.extend(self.sinks.clickhouse.problems());
         p.extend(self.kafka.problems());
@@ -271,6 +302,54 @@ impl Config {
         p
     }
 
+    /// What the role requires and forbids.
+    fn role_problems(&self) -> Vec<Problem> {
+        let err = |key: &str, message: String| Problem { key: key.into(), message, is_error: true };
+        let mut p = Vec::new();
+        let s = &self.sinks;
+        let loop_topic = self.kafka.enabled && s.kafka.enabled && self.kafka.topics.contains(&s.kafka.topic);
+        if loop_topic {
+            p.push(err("sinks.kafka.topic", format!("{:?} is also consumed by [kafka]: events would go round in a loop", s.kafka.topic)));
+        }
+        match self.role {
+            Role::All => {}
+            Role::Edge => {
+                if !s.kafka.enabled {
+                    p.push(err("role", "the edge role publishes to Kafka: enable [sinks.kafka]".into()));
+                } else if s.kafka.format != crate::sinks::encode::JsonFormat::Canonical {
+                    p.push(err("sinks.kafka.format", "the edge role publishes canonical events (the workers decode them); use format = \"canonical\"".into()));
+                }
+                let others = [
+                    ("stdout", s.stdout.enabled),
+                    ("clickhouse", s.clickhouse.enabled),
+                    ("splunk_hec", s.splunk_hec.enabled),
+                    ("syslog", s.syslog.enabled),
+                    ("elasticsearch", s.elasticsearch.enabled),
+                    ("sentinel", s.sentinel.enabled),
+                    ("http", s.http.iter().any(|h| h.enabled)),
+                ];
+                for (name, _) in others.iter().filter(|(_, on)| *on) {
+                    p.push(err(&format!("sinks.{name}"), format!("the edge role only publishes to Kafka (events are not enriched or flagged yet); enable sinks.{name} on the workers")));
+                }
+            }
+            Role::Worker => {
+                if self.spool.enabled {
+                    p.push(err("spool.enabled", "a worker takes no webhooks; its durability is Kafka's (offsets follow delivery)".into()));
+                }
+                if !self.kafka.enabled {
+                    p.push(err("role", "the worker role consumes [kafka]: set kafka.enabled = true".into()));
+                }
+                if self.poll.enabled {
+                    p.push(err("poll.enabled", "poll the admin events API from one edge (or all-in-one) instance: every worker polling would duplicate the work".into()));
+                }
+                if self.detect.enabled && self.kafka.state_topic.trim().is_empty() {
+                    p.push(err("kafka.state_topic", "the worker keeps detection state in a compacted topic; name it".into()));
+                }
+            }
+        }
+        p
+    }
+
     /// The shared admin API client, when `[admin_api].url` is set.
     pub fn admin_api_client(&self) -> anyhow::Result<Option<std::sync::Arc<AdminApi>>> {
         if self.admin_api.url.is_none() {
@@ -287,7 +366,19 @@ impl Config {
     /// The enrichment and detection stages this config asks for.
     /// `state`: where detection state is persisted (None: memory only).
     pub fn stages(&self, api: Option<std::sync::Arc<AdminApi>>, metrics: crate::metrics::Metrics, state: Option<&Path>) -> anyhow::Result<crate::pipeline::Stages> {
-        let detector = if self.detect.enabled {
+        if self.role == Role::Edge {
+            // An edge only validates and publishes; the workers enrich and detect.
+            return Ok(crate::pipeline::Stages::default());
+        }
+        let detector = if self.detect.enabled && self.role == Role::Worker {
+            let changelog = crate::detect::partitioned::Changelog::new(
+                crate::sources::kafka::KafkaSource::connection_config(&self.kafka)?,
+                &self.kafka.state_topic,
+                std::time::Duration::from_millis(self.kafka.state_restore_timeout_ms),
+                metrics.clone(),
+            )?;
+            Some(std::sync::Arc::new(std::sync::Mutex::new(crate::detect::Detector::new(self.detect.clone()).partitioned(Some(std::sync::Arc::new(changelog))))))
+        } else if self.detect.enabled {
             let mut d = match state {
                 Some(p) => crate::detect::Detector::with_store(self.detect.clone(), p)?,
                 None => crate::detect::Detector::new(self.detect.clone()),
@@ -412,5 +503,30 @@ mod tests {
         let p = c.problems();
         assert!(p.iter().any(|p| p.key == "decode.log_time_zone" && p.is_error));
         assert!(p.iter().any(|p| p.key == "webhook.auth.mode" && p.is_error), "{p:?}");
+    }
+
+    #[test]
+    fn roles_say_what_they_need_and_refuse() {
+        let errors = |sets: &[&str]| -> Vec<String> {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::load(None, &sets).unwrap().problems().into_iter().filter(|p| p.is_error).map(|p| p.to_string()).collect()
+        };
+        let edge = ["role=\"edge\"", "sinks.audit_log.enabled=false", "sinks.kafka.enabled=true"];
+        assert!(errors(&edge).is_empty(), "{:?}", errors(&edge));
+        let e = errors(&["role=\"edge\""]);
+        assert!(e.iter().any(|m| m.contains("role") && m.contains("[sinks.kafka]")), "{e:?}");
+        let e = errors(&[&edge[..], &["sinks.clickhouse.enabled=true"]].concat());
+        assert!(e.iter().any(|m| m.contains("sinks.clickhouse") && m.contains("workers")), "{e:?}");
+        let e = errors(&[&edge[..], &["sinks.kafka.format=\"ocsf\""]].concat());
+        assert!(e.iter().any(|m| m.contains("sinks.kafka.format")), "{e:?}");
+
+        let worker = ["role=\"worker\"", "kafka.enabled=true"];
+        assert!(errors(&worker).is_empty(), "{:?}", errors(&worker));
+        let e = errors(&["role=\"worker\""]);
+        assert!(e.iter().any(|m| m.contains("kafka.enabled")), "{e:?}");
+        let e = errors(&[&worker[..], &["kafka.state_topic=\"\""]].concat());
+        assert!(e.iter().any(|m| m.contains("kafka.state_topic")), "{e:?}");
+        let e = errors(&[&worker[..], &["sinks.kafka.enabled=true", "sinks.kafka.topic=\"keycloak-events\""]].concat());
+        assert!(e.iter().any(|m| m.contains("loop")), "{e:?}");
     }
 }

@@ -10,15 +10,18 @@
 //! - [`event`]: the canonical [`event::AuditEvent`] every format decodes into (JSON Schema in `schemas/`).
 //! - [`decode`]: one decoder per wire format plus auto-detection; the shared interpretation in
 //!   `decode::draft` (token-exchange facts, V1/V2 inference, caps, derived ids).
-//! - [`sources`]: the HTTP webhook (`sources::webhook`) and file replay (`sources::replay`).
+//! - [`sources`]: the HTTP webhook (`sources::webhook`), file replay (`sources::replay`), the admin
+//!   events poller and the Kafka consumer (`sources::kafka`, offsets committed behind delivery).
 //! - [`directory`]: Keycloak realms, clients and users (snapshot folders, realm exports), indexed.
 //! - [`keycloak_api`]: the Keycloak Admin REST API client (token, cache, rate limit, circuit breaker).
 //! - [`enrich`]: the enrichment stage (exchanger, subject, audiences, exchange policy).
 //! - [`realm_audit`]: `kcaudit audit-realm`, token-exchange misconfigurations in realm exports (text, JSON, SARIF).
-//! - [`detect`]: stateful detection rules (findings with reasons, ATT&CK ids, related events).
+//! - [`detect`]: stateful detection rules (findings with reasons, ATT&CK ids, related events); state in
+//!   redb, or per Kafka partition with a changelog topic in the worker role (`detect::partitioned`).
 //! - [`pipeline`]: bounded stages, deduplication, acknowledgements, per-batch reports.
 //! - [`sinks`]: the [`sinks::Sink`] trait and its driver (batching, retry, dead-lettering); the audit
 //!   log file and stdout.
+//! - [`spool`]: the optional durable ingest spool (webhook → disk with group commit → pipeline).
 //! - [`dead_letter`]: the durable store for everything that could not be delivered.
 //! - [`config`]: the TOML configuration (every option defaulted, unknown keys refused).
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -42,3 +45,4 @@ pub mod schema;
 pub mod server;
 pub mod sinks;
 pub mod sources;
+pub mod spool;

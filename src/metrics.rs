@@ -4,7 +4,7 @@
 //! exact counts. Names follow Prometheus conventions (`_total` counters, `_seconds` histograms).
 //! The counting invariant the tests check: `received = accepted + duplicates + rejected + skipped`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -21,9 +21,36 @@ pub struct Metrics {
     pub sink_errors: IntCounterVec,
     pub filtered: IntCounterVec,
     pub kafka_lag: IntGaugeVec,
+    /// Partitions this consumer currently owns.
+    pub kafka_assigned: IntGauge,
     pub requests: IntCounterVec,
     pub enrichment: IntCounterVec,
     pub request_seconds: HistogramVec,
+    /// Spool: bytes on disk not yet drained to the sinks.
+    pub spool_bytes: IntGauge,
+    /// Spool: requests appended, and the fsyncs that covered them (group commit: fewer fsyncs).
+    pub spool_appends: IntCounter,
+    pub spool_fsyncs: IntCounter,
+    /// Spool: requests refused because the spool was full (answered 503).
+    pub spool_full: IntCounter,
+    /// Spool: bytes of torn or corrupt frames moved to the quarantine at start.
+    pub spool_quarantined: IntCounter,
+    /// Worker role: detection-state rows sent to the changelog topic.
+    pub detect_changelog_records: IntCounter,
+    /// Worker role: rows read back from the changelog when partitions were assigned.
+    pub detect_rows_restored: IntCounter,
+    /// Worker role: assignments whose state could not be restored (they start learning again).
+    pub detect_restore_failures: IntCounter,
+    /// `kcaudit dlq replay`: dead letters re-submitted, by outcome (delivered, failed_again, failed, skipped).
+    pub dead_letters_replayed: IntCounterVec,
+    /// `kcaudit dlq purge`: dead letters marked purged.
+    pub dead_letters_purged: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -35,10 +62,8 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let accepted = IntCounter::new("kcaudit_events_accepted_total", "Events decoded and passed on to the sinks.").expect("valid");
-        r.register(Box::new(accepted.clone())).expect("registered once");
-        let skipped = IntCounter::new("kcaudit_records_skipped_total", "Records that are not events (blank lines, non-event log lines).").expect("valid");
-        r.register(Box::new(skipped.clone())).expect("registered once");
+        let accepted = counter(&r, "kcaudit_events_accepted_total", "Events decoded and passed on to the sinks.");
+        let skipped = counter(&r, "kcaudit_records_skipped_total", "Records that are not events (blank lines, non-event log lines).");
         let request_seconds = HistogramVec::new(
             HistogramOpts::new("kcaudit_webhook_request_duration_seconds", "Webhook request latency, from body received to response, including sink acknowledgement.")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -62,10 +87,29 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("registered once");
                 g
             },
+            kafka_assigned: {
+                let g = IntGauge::new("kcaudit_kafka_assigned_partitions", "Partitions this instance's consumer owns.").expect("valid");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             filtered: counter_vec(&r, "kcaudit_events_filtered_total", "Events a sink's route did not take (resolved at once for that sink).", &["sink"]),
             requests: counter_vec(&r, "kcaudit_webhook_requests_total", "Webhook requests by HTTP status.", &["status"]),
             enrichment: counter_vec(&r, "kcaudit_enrichment_total", "Events enriched, by status (enriched, partial, not_enriched).", &["status"]),
             request_seconds,
+            spool_bytes: {
+                let g = IntGauge::new("kcaudit_spool_bytes", "Bytes in the ingest spool not yet drained to the sinks.").expect("valid");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            spool_appends: counter(&r, "kcaudit_spool_appends_total", "Webhook requests written to the ingest spool."),
+            spool_fsyncs: counter(&r, "kcaudit_spool_fsyncs_total", "fsyncs of the ingest spool (one covers every request waiting: group commit)."),
+            spool_full: counter(&r, "kcaudit_spool_full_total", "Webhook requests refused with 503 because the spool was full."),
+            spool_quarantined: counter(&r, "kcaudit_spool_quarantined_bytes_total", "Bytes of torn or corrupt spool frames moved to the quarantine at start."),
+            detect_changelog_records: counter(&r, "kcaudit_detect_changelog_records_total", "Detection-state rows written to the changelog topic (worker role)."),
+            detect_rows_restored: counter(&r, "kcaudit_detect_state_rows_restored_total", "Detection-state rows restored from the changelog on partition assignment (worker role)."),
+            detect_restore_failures: counter(&r, "kcaudit_detect_state_restore_failures_total", "Partition assignments whose detection state could not be restored (worker role)."),
+            dead_letters_replayed: counter_vec(&r, "kcaudit_dead_letters_replayed_total", "Dead letters re-submitted by `kcaudit dlq replay`, by outcome (delivered, failed_again, failed, skipped).", &["outcome"]),
+            dead_letters_purged: counter(&r, "kcaudit_dead_letters_purged_total", "Dead letters marked purged by `kcaudit dlq purge`."),
             registry: r,
         }
     }

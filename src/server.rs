@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::dead_letter::DeadLetterStore;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineHandle, SinkSpec};
@@ -67,7 +67,7 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
 
 /// Start the pipeline and the enabled sources (webhook listener, admin-API poller, Kafka consumer).
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let dlq = DeadLetterStore::open(&config.data_path(&config.dead_letter.path))?;
+    let dlq = DeadLetterStore::open(&config.data_path(&config.dead_letter.path))?.with_topic(&config.dead_letter.kafka)?;
     if config.sinks.clickhouse.enabled && config.sinks.clickhouse.migrate_on_start {
         let (url, report) = crate::sinks::clickhouse::migrate(&config.sinks.clickhouse).await?;
         tracing::info!(url = %url, applied = ?report.applied, "ClickHouse schema is up to date.");
@@ -75,6 +75,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let api = config.admin_api_client()?;
     let stages = config.stages(api.clone(), metrics.clone(), Some(&config.data_path(&config.detect.state_file)))?;
+    let detector = stages.detector.clone();
     let pipeline = Pipeline::start_with(sinks(config)?, stages, dlq, metrics, &config.dedup, &config.pipeline);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -85,14 +86,28 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     };
     let mut sources = Vec::new();
     let mut webhook_addr = None;
+    let mut spool_drainer = None;
     if config.webhook.enabled {
-        let state = WebhookState::new(&config.webhook, &config.decode, pipeline.handle())?;
+        let mut state = WebhookState::new(&config.webhook, &config.decode, pipeline.handle())?;
+        if let Some(s) = std::sync::Arc::get_mut(&mut state) {
+            s.ingest = config.role != Role::Worker;
+            if config.spool.enabled {
+                let dir = config.data_path(&config.spool.path);
+                let (spool, drainer, _) = crate::spool::Spool::start(&config.spool, &dir, pipeline.handle())?;
+                s.spool = Some(spool);
+                spool_drainer = Some(drainer);
+            }
+        }
         let listener = tokio::net::TcpListener::bind(&config.webhook.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.webhook.listen))?;
         webhook_addr = Some(listener.local_addr()?);
         let grace = Duration::from_secs(config.webhook.shutdown_grace_secs);
         sources.push(("webhook", tokio::spawn(webhook::serve(listener, state, stopped(), grace))));
+        if let Some(drainer) = spool_drainer {
+            // Ends at shutdown, once the spooled requests in flight are through (the rest stays on disk).
+            sources.push(("spool", tokio::spawn(async move { drainer.await.map_err(|e| anyhow::anyhow!("spool drainer: {e}")) })));
+        }
     }
     if config.poll.enabled {
         let api = api.ok_or_else(|| anyhow::anyhow!("poll.enabled needs [admin_api] url"))?;
@@ -106,7 +121,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         sources.push(("admin_poll", tokio::spawn(poller.run(stopped()))));
     }
     if config.kafka.enabled {
-        let source = crate::sources::kafka::KafkaSource::new(&config.kafka, &config.decode, pipeline.handle().metrics.clone())?;
+        let metrics = pipeline.handle().metrics.clone();
+        let mut source = crate::sources::kafka::KafkaSource::new(&config.kafka, &config.decode, metrics.clone())?;
+        // The worker's detector keeps one state per owned partition: it follows the assignment.
+        let changelog = detector.as_ref().and_then(|d| d.lock().ok().and_then(|d| d.partitions.as_ref().and_then(|p| p.changelog.clone())));
+        if let (Some(detector), Some(changelog)) = (detector, changelog) {
+            let hooks = crate::detect::partitioned::PartitionedDetection { detector, changelog, metrics, flush_timeout: Duration::from_secs(30) };
+            source = source.with_hooks(std::sync::Arc::new(hooks));
+        }
         sources.push(("kafka", tokio::spawn(source.run(pipeline.handle(), stopped()))));
     }
     Ok(Running { webhook_addr, pipeline: pipeline.handle(), sources, stop, pipeline_owner: pipeline })

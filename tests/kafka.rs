@@ -115,17 +115,6 @@ fn run(opts: &KafkaSourceOptions, sink: Box<dyn Sink>, dir: &std::path::Path) ->
     Running { stop, task, pipeline, metrics }
 }
 
-async fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fixture_stream_in_keycloak_kafka_format_arrives_exactly_and_offsets_are_committed() {
     let cluster = MockCluster::new(1).unwrap();
@@ -233,4 +222,100 @@ async fn the_sink_produces_every_event_keyed_by_realm_and_exchanger() {
     assert!(by_key.contains_key("acme-prod/api-gateway"), "{:?}", by_key.keys());
     let ids: BTreeSet<&str> = got.iter().map(|(_, _, e)| e.id.as_str()).collect();
     assert_eq!(ids.len(), events.len(), "each once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_broker_goes_down_and_comes_back_the_consumer_resumes_by_itself() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("events", 2, 1).unwrap();
+    let mut body = Vec::new();
+    kcaudit::loadgen::write_file(kcaudit::loadgen::GenOptions::default(), 400, &mut body).unwrap();
+    let values: Vec<String> = String::from_utf8(body).unwrap().lines().map(String::from).collect();
+    produce(&brokers, "events", &values[..200], 2).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Probe::default();
+    let r = run(&source_options(&brokers, &["events"]), Box::new(probe.clone()), dir.path());
+    assert!(wait_until(60, || probe.got.lock().unwrap().len() >= 200).await, "first half consumed");
+    assert!(wait_until(30, || committed(&brokers, "kcaudit-test", "events", 2).iter().sum::<i64>() == 200).await);
+
+    // The broker goes away for a while: fetches and commits fail, the consumer keeps trying.
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.broker_up(1).unwrap();
+    // Nobody restarts kcaudit: new records flow and commits resume on their own.
+    produce(&brokers, "events", &values[200..], 2).await;
+    assert!(wait_until(90, || probe.got.lock().unwrap().len() >= 400).await, "the second half arrived after the outage: {}", probe.got.lock().unwrap().len());
+    assert!(wait_until(30, || committed(&brokers, "kcaudit-test", "events", 2).iter().sum::<i64>() == 400).await, "commits resumed");
+    r.stop.send(()).unwrap();
+    r.task.await.unwrap().unwrap();
+    r.pipeline.shutdown().await;
+    let got = probe.got.lock().unwrap().clone();
+    let unique: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), 400, "every record delivered");
+    assert_eq!(r.metrics.accepted.get() + r.metrics.duplicates.with_label_values(&["false"]).get(), r.metrics.received.with_label_values(&["kafka"]).get());
+}
+
+/// A sink that refuses every event permanently (each one is dead-lettered).
+struct Refuser;
+
+impl Sink for Refuser {
+    fn name(&self) -> &str {
+        "refuser"
+    }
+    fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
+        Box::pin(async move { Ok(WriteReport { rejected: (0..events.len()).map(|i| (i, "refused by the test".to_string())).collect(), ..Default::default() }) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_published_to_the_dead_letter_topic_as_well_as_the_file() {
+    use kcaudit::dead_letter::DeadLetterTopicOptions;
+    use rdkafka::consumer::StreamConsumer;
+    use rdkafka::Message;
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("kcaudit-dead-letters", 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dlq_path = dir.path().join("dlq.jsonl");
+    let topic = DeadLetterTopicOptions { enabled: true, brokers: brokers.clone(), ..Default::default() };
+    let dlq = DeadLetterStore::open(&dlq_path).unwrap().with_topic(&topic).unwrap();
+    let pipeline = Pipeline::start(
+        vec![SinkSpec { sink: Box::new(Refuser), batch: BatchOptions::default(), retry: RetryOptions::default() }],
+        dlq,
+        Metrics::new(),
+        &DedupOptions::default(),
+        &PipelineOptions::default(),
+    );
+    let events = common::clickhouse::fixture_events().await;
+    let mut body = Vec::new();
+    for e in &events[..10] {
+        serde_json::to_writer(&mut body, e).unwrap();
+        body.push(b'\n');
+    }
+    body.extend_from_slice(b"{not json\n");
+    let items = decode(&body, kcaudit::decode::Format::Auto);
+    let report = pipeline.handle().submit(items, "test", false).await.unwrap().await.unwrap().unwrap();
+    let c = report.counts();
+    assert_eq!((c.accepted, c.dead_lettered, c.rejected, c.failed), (10, 10, 1, 0));
+    pipeline.shutdown().await;
+
+    let file = DeadLetterStore::read_all(&dlq_path).unwrap();
+    assert_eq!(file.len(), 11);
+    let consumer: StreamConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "dlq-check").set("auto.offset.reset", "earliest").create().unwrap();
+    consumer.subscribe(&["kcaudit-dead-letters"]).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 11 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive on the topic").unwrap();
+        let d: kcaudit::dead_letter::DeadLetter = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        if let Some(e) = &d.event {
+            assert_eq!(m.key(), Some(e.id.as_bytes()), "keyed by event id");
+        }
+        got.push(d);
+    }
+    let reasons: BTreeSet<String> = got.iter().map(|d| d.reason.clone()).collect();
+    assert!(reasons.iter().any(|r| r.contains("refused by the test")) && reasons.len() == 2, "{reasons:?}");
+    let ids = |v: &[kcaudit::dead_letter::DeadLetter]| v.iter().filter_map(|d| d.event.as_ref().map(|e| e.id.clone())).collect::<BTreeSet<_>>();
+    assert_eq!(ids(&got), ids(&file), "the topic holds what the file holds");
 }

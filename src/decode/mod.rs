@@ -12,6 +12,7 @@
 //! record becomes exactly one [`Item`] per event it holds, or one item saying why it was skipped or
 //! rejected: that is what makes `received = accepted + duplicates + rejected + skipped` hold.
 
+pub mod canonical;
 pub mod draft;
 pub mod jboss;
 pub mod json;
@@ -45,11 +46,13 @@ pub enum Format {
     JbossLogging,
     /// Recorded webhook deliveries, one JSON object per line.
     Recording,
+    /// kcaudit's own canonical events (an edge instance's Kafka records, the audit log).
+    Kcaudit,
 }
 
 impl Format {
-    pub const ALL: [Format; 6] =
-        [Format::Auto, Format::Keycloak, Format::P2inc, Format::KeycloakKafka, Format::JbossLogging, Format::Recording];
+    pub const ALL: [Format; 7] =
+        [Format::Auto, Format::Keycloak, Format::P2inc, Format::KeycloakKafka, Format::JbossLogging, Format::Recording, Format::Kcaudit];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -59,6 +62,7 @@ impl Format {
             Format::KeycloakKafka => "keycloak-kafka",
             Format::JbossLogging => "jboss-logging",
             Format::Recording => "recording",
+            Format::Kcaudit => "kcaudit",
         }
     }
 
@@ -71,6 +75,7 @@ impl Format {
             "keycloak-kafka" | "kafka" | "snuk87" => Format::KeycloakKafka,
             "jboss-logging" | "jboss" | "log" | "logs" => Format::JbossLogging,
             "recording" | "recorded-deliveries" | "deliveries" => Format::Recording,
+            "kcaudit" | "canonical" | "audit-log" => Format::Kcaudit,
             other => {
                 let names: Vec<_> = Format::ALL.iter().map(|f| f.name()).collect();
                 return Err(format!("unknown format {other:?}; expected one of {}", names.join(", ")));
@@ -192,9 +197,11 @@ pub fn decode_body(bytes: &[u8], format: Format, base: &Origin, ctx: &Context<'_
         return;
     }
     let mut index = 0u32;
+    // Index of the last segment, counted once: counting per blank line made a body of newlines quadratic.
+    let last_segment = text.bytes().filter(|&b| b == b'\n').count();
     for (n, line) in text.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.trim().is_empty() && n > 0 && is_last_segment(&text, n) {
+        if line.trim().is_empty() && n > 0 && n == last_segment {
             continue; // the newline that ends the body is not a blank record
         }
         let mut origin = base.clone();
@@ -215,10 +222,6 @@ pub fn decode_body(bytes: &[u8], format: Format, base: &Origin, ctx: &Context<'_
 fn leading_newlines(text: &str) -> u64 {
     let start = text.len() - text.trim_start().len();
     text[..start].bytes().filter(|&b| b == b'\n').count() as u64
-}
-
-fn is_last_segment(text: &str, n: usize) -> bool {
-    text.split('\n').count() == n + 1
 }
 
 /// True when `text` is exactly one JSON value (plus whitespace). Cheap: nothing is allocated.
@@ -242,6 +245,9 @@ pub fn decode_record(text: &str, format: Format, origin: &Origin, pre: &[Warning
     if trimmed.len() > ctx.opts.max_record_bytes {
         return reject(format!("record is {} bytes, over decode.max_record_bytes ({})", trimmed.len(), ctx.opts.max_record_bytes), out);
     }
+    if format == Format::Kcaudit || (format == Format::Auto && canonical::looks_canonical(trimmed)) {
+        return canonical::decode(trimmed, origin, pre, out);
+    }
     let first = trimmed.as_bytes()[0];
     if first == b'[' {
         return decode_array(trimmed, format, origin, pre, ctx, out);
@@ -257,6 +263,9 @@ pub fn decode_record(text: &str, format: Format, origin: &Origin, pre: &[Warning
         Err(e) => return reject(e, out),
     };
     let Value::Object(obj) = &parsed.value else { unreachable!("starts with '{{'") };
+    if format == Format::Auto && canonical::is_canonical(obj) {
+        return canonical::decode(trimmed, origin, pre, out);
+    }
     if format == Format::Recording || (format == Format::Auto && recording::looks_like_delivery(obj)) {
         return recording::decode(obj, origin, ctx, out);
     }

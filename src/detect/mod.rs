@@ -28,6 +28,7 @@
 //! | `delegated-exchange` | an exchange made by an actor on behalf of a user (experimental delegation) | info |
 
 pub mod config;
+pub mod partitioned;
 pub mod state;
 pub mod store;
 pub mod rules_test;
@@ -129,6 +130,8 @@ pub struct Detector {
     pub opts: DetectOptions,
     pub state: State,
     pub store: Option<store::StateStore>,
+    /// Worker role: one state per owned Kafka partition instead of `state` (`partitioned.rs`).
+    pub partitions: Option<partitioned::Partitions>,
 }
 
 struct Out {
@@ -186,19 +189,24 @@ fn span(ms: i64) -> String {
 
 impl Detector {
     pub fn new(opts: DetectOptions) -> Detector {
-        Detector { opts, state: State::default(), store: None }
+        Detector { opts, state: State::default(), store: None, partitions: None }
     }
 
     /// A detector whose state is loaded from, and saved to, `path` (redb).
     pub fn with_store(opts: DetectOptions, path: &std::path::Path) -> anyhow::Result<Detector> {
         let store = store::StateStore::open(path)?;
         let state = store.load()?.unwrap_or_default();
-        Ok(Detector { opts, state, store: Some(store) })
+        Ok(Detector { opts, state, store: Some(store), partitions: None })
     }
 
     /// Persist now (at shutdown) or when due (after a batch). Errors are logged, never fatal: losing
     /// some learning is better than stopping the audit trail.
     pub fn persist(&mut self, force: bool) {
+        if let Some(p) = self.partitions.as_mut() {
+            // The changelog takes every batch's changes: offsets are committed only behind it.
+            p.persist();
+            return;
+        }
         if let Some(st) = self.store.as_mut() {
             if !force && !st.due() {
                 return;
@@ -212,7 +220,15 @@ impl Detector {
 
     /// Evaluate one event (mutating it with its findings) and learn from it.
     pub fn process(&mut self, ev: &mut AuditEvent) {
-        let Detector { opts: o, state, .. } = self;
+        let Detector { opts: o, state, partitions, .. } = self;
+        let state = match (partitions, partitioned::partition_of(ev)) {
+            (Some(p), Some(tp)) => match p.owned.get_mut(&tp) {
+                Some(s) => s,
+                // Not (or no longer) ours: the partition's owner runs detection on it.
+                None => return,
+            },
+            _ => state,
+        };
         let mut out = Out { findings: Vec::new() };
         let t = ev.time.map(|t| t.timestamp_millis()).unwrap_or(state.newest_ms);
         let late = t < state.newest_ms.saturating_sub(ms(o.allowed_lateness));

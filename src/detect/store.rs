@@ -59,12 +59,11 @@ impl StateStore {
 
     pub fn load(&self) -> anyhow::Result<Option<State>> {
         let tx = self.db.begin_read()?;
-        let bad = |what: &str, e: serde_json::Error| anyhow::anyhow!("detection state in {} is unreadable ({what}): {e}", self.path.display());
-        let mut state = State::default();
+        let mut rows = Rows::default();
         match tx.open_table(META) {
             Ok(t) => {
                 if let Some(v) = t.get("newest_ms")? {
-                    state.newest_ms = v.value();
+                    rows.apply(Row::Meta(v.value()));
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -73,8 +72,7 @@ impl StateStore {
         if let Ok(t) = tx.open_table(REALMS) {
             for row in t.iter()? {
                 let (k, v) = row?;
-                let r: RealmRow = serde_json::from_slice(v.value()).map_err(|e| bad("realm", e))?;
-                state.realms.insert(k.value().to_string(), RealmState { first_ms: r.first_ms, ip_errors: r.ip_errors, impersonated: r.impersonated, clients: BTreeMap::new() });
+                rows.apply(Row::Realm(k.value().to_string(), v.value().to_vec()));
             }
         }
         if let Ok(t) = tx.open_table(CLIENTS) {
@@ -82,11 +80,10 @@ impl StateStore {
                 let (k, v) = row?;
                 let key = k.value();
                 let (realm, client) = key.split_once('\u{0}').unwrap_or(("?", key));
-                let c: ClientState = serde_json::from_slice(v.value()).map_err(|e| bad("client", e))?;
-                state.realms.entry(realm.to_string()).or_default().clients.insert(client.to_string(), c);
+                rows.apply(Row::Client(realm.to_string(), client.to_string(), v.value().to_vec()));
             }
         }
-        Ok(Some(state))
+        rows.into_state().map(Some).map_err(|e| anyhow::anyhow!("detection state in {} is unreadable ({e})", self.path.display()))
     }
 
     /// Write the whole state (import).
@@ -101,26 +98,102 @@ impl StateStore {
         let tx = self.db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
-            meta.insert("newest_ms", state.newest_ms)?;
             let mut realms = tx.open_table(REALMS)?;
-            for (name, r) in &state.realms {
-                let row = serde_json::to_vec(&RealmRow { first_ms: r.first_ms, ip_errors: r.ip_errors.clone(), impersonated: r.impersonated.clone() })?;
-                realms.insert(name.as_str(), row.as_slice())?;
-            }
             let mut clients = tx.open_table(CLIENTS)?;
-            for (realm, r) in state.realms.iter() {
-                for (client, c) in r.clients.iter().filter(|(_, c)| all || c.dirty) {
-                    clients.insert(client_key(realm, client).as_str(), serde_json::to_vec(c)?.as_slice())?;
+            for row in changed_rows(state, all)? {
+                match row {
+                    Row::Meta(newest) => {
+                        meta.insert("newest_ms", newest)?;
+                    }
+                    Row::Realm(name, v) => {
+                        realms.insert(name.as_str(), v.as_slice())?;
+                    }
+                    Row::Client(realm, client, v) => {
+                        clients.insert(client_key(&realm, &client).as_str(), v.as_slice())?;
+                    }
                 }
             }
         }
         tx.commit()?;
-        for r in state.realms.values_mut() {
-            for c in r.clients.values_mut() {
-                c.dirty = false;
-            }
-        }
+        clear_changed(state);
         self.last_save = Instant::now();
         Ok(())
+    }
+}
+
+/// One persisted piece of detection state. The redb store and the worker's Kafka changelog
+/// (`partitioned.rs`) both write these rows, so a state saved by one reads back the same in the other.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    /// The newest event time seen.
+    Meta(i64),
+    /// A realm's own windows (JSON of the realm without its clients).
+    Realm(String, Vec<u8>),
+    /// One client's baseline (JSON).
+    Client(String, String, Vec<u8>),
+}
+
+/// The rows to write: the newest time, every realm, and the clients changed since the last call (or
+/// all of them with `all`). The changed marks stay until [`clear_changed`] (after a successful write).
+pub fn changed_rows(state: &State, all: bool) -> anyhow::Result<Vec<Row>> {
+    let mut rows = vec![Row::Meta(state.newest_ms)];
+    for (name, r) in state.realms.iter() {
+        let realm = RealmRow { first_ms: r.first_ms, ip_errors: r.ip_errors.clone(), impersonated: r.impersonated.clone() };
+        rows.push(Row::Realm(name.clone(), serde_json::to_vec(&realm)?));
+        for (client, c) in r.clients.iter().filter(|(_, c)| all || c.dirty) {
+            rows.push(Row::Client(name.clone(), client.clone(), serde_json::to_vec(c)?));
+        }
+    }
+    Ok(rows)
+}
+
+pub fn clear_changed(state: &mut State) {
+    for r in state.realms.values_mut() {
+        for c in r.clients.values_mut() {
+            c.dirty = false;
+        }
+    }
+}
+
+/// Rows read back (later rows of the same key win), turned into a state at the end.
+#[derive(Default)]
+pub struct Rows {
+    newest_ms: i64,
+    realms: BTreeMap<String, Vec<u8>>,
+    clients: BTreeMap<(String, String), Vec<u8>>,
+}
+
+impl Rows {
+    pub fn apply(&mut self, row: Row) {
+        match row {
+            Row::Meta(t) => self.newest_ms = t,
+            Row::Realm(name, v) => {
+                self.realms.insert(name, v);
+            }
+            Row::Client(realm, client, v) => {
+                self.clients.insert((realm, client), v);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.realms.len() + self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn into_state(self) -> Result<State, String> {
+        let mut state = State { newest_ms: self.newest_ms, ..Default::default() };
+        for (name, v) in self.realms {
+            let r: RealmRow = serde_json::from_slice(&v).map_err(|e| format!("realm {name:?}: {e}"))?;
+            state.realms.insert(name, RealmState { first_ms: r.first_ms, ip_errors: r.ip_errors, impersonated: r.impersonated, clients: BTreeMap::new() });
+        }
+        for ((realm, client), v) in self.clients {
+            let c: ClientState = serde_json::from_slice(&v).map_err(|e| format!("client {client:?} of realm {realm:?}: {e}"))?;
+            state.realms.entry(realm).or_default().clients.insert(client, c);
+        }
+        Ok(state)
     }
 }

@@ -114,8 +114,47 @@ fn open_file(path: &Path, truncate: bool) -> std::io::Result<File> {
     if truncate {
         OpenOptions::new().create(true).write(true).truncate(true).open(path)
     } else {
+        let cut = repair_torn_tail(path)?;
+        if cut > 0 {
+            tracing::warn!(path = %path.display(), bytes = cut, "Removed a torn last line left by a crash (its events were never acknowledged and will be delivered again).");
+        }
         OpenOptions::new().create(true).append(true).open(path)
     }
+}
+
+/// Cut a JSON-lines file back to its last complete line; returns the bytes removed. A crash (kill -9,
+/// power loss) mid-write leaves a partial line, and the next append would glue a good record onto it.
+/// Whatever was partial was never acknowledged, so removing it loses nothing.
+pub fn repair_torn_tail(path: &Path) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                f.set_len(keep)?;
+                f.sync_all()?;
+            }
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    if len > 0 {
+        f.set_len(0)?;
+        f.sync_all()?;
+    }
+    Ok(len)
 }
 
 /// Encode events as JSON lines into one buffer.
@@ -224,6 +263,29 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_whole_lines_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        for (content, want, cut) in [
+            (&b"{\"a\":1}\n{\"b\":2}\n"[..], &b"{\"a\":1}\n{\"b\":2}\n"[..], 0),
+            (b"{\"a\":1}\n{\"b\":", b"{\"a\":1}\n", 5),
+            (b"{\"torn", b"", 6),
+            (b"", b"", 0),
+        ] {
+            std::fs::write(&p, content).unwrap();
+            assert_eq!(repair_torn_tail(&p).unwrap(), cut);
+            assert_eq!(std::fs::read(&p).unwrap(), want);
+        }
+        // Larger than one read chunk: the last newline is far from the end.
+        let mut big = b"{\"a\":1}\n".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 200_000));
+        std::fs::write(&p, &big).unwrap();
+        assert_eq!(repair_torn_tail(&p).unwrap(), 200_000);
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n");
+        assert_eq!(repair_torn_tail(&dir.path().join("missing")).unwrap(), 0);
+    }
 
     #[test]
     fn rotation_keeps_n_files_newest_first() {

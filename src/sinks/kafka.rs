@@ -91,6 +91,21 @@ impl KafkaSinkOptions {
     }
 }
 
+/// An idempotent, `acks=all` producer's settings: the user's librdkafka `options` first, then
+/// kcaudit's own (which they cannot override).
+pub fn producer_config(brokers: &str, options: &BTreeMap<String, String>, sasl_password: Option<&SecretOptions>, delivery_timeout_ms: u64) -> anyhow::Result<ClientConfig> {
+    let mut c = ClientConfig::new();
+    c.set("compression.type", "lz4").set("linger.ms", "5");
+    for (k, v) in options {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("acks", "all").set("message.timeout.ms", delivery_timeout_ms.to_string());
+    if let Some(s) = sasl_password {
+        c.set("sasl.password", s.read().map_err(anyhow::Error::msg)?);
+    }
+    Ok(c)
+}
+
 /// The partitioning key: realm and exchanger (or client), so one client's events keep their order.
 pub fn key(e: &AuditEvent) -> String {
     let realm = e.realm.name.as_deref().or(e.realm.id.as_deref()).unwrap_or("");
@@ -108,15 +123,7 @@ impl KafkaSink {
     pub fn new(name: &str, opts: &KafkaSinkOptions) -> anyhow::Result<KafkaSink> {
         let problems: Vec<String> = opts.problems().iter().filter(|p| p.is_error).map(|p| p.to_string()).collect();
         anyhow::ensure!(problems.is_empty(), "invalid [sinks.kafka]: {}", problems.join("; "));
-        let mut c = ClientConfig::new();
-        c.set("compression.type", "lz4").set("linger.ms", "5");
-        for (k, v) in &opts.options {
-            c.set(k, v);
-        }
-        c.set("bootstrap.servers", &opts.brokers).set("enable.idempotence", "true").set("acks", "all").set("message.timeout.ms", opts.delivery_timeout_ms.to_string());
-        if let Some(s) = &opts.sasl_password {
-            c.set("sasl.password", s.read().map_err(anyhow::Error::msg)?);
-        }
+        let c = producer_config(&opts.brokers, &opts.options, opts.sasl_password.as_ref(), opts.delivery_timeout_ms)?;
         Ok(KafkaSink { name: name.to_string(), opts: opts.clone(), producer: c.create()? })
     }
 

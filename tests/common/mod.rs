@@ -75,3 +75,27 @@ pub fn rejected_reason(body: &[u8]) -> String {
 pub fn codes(e: &AuditEvent) -> Vec<String> {
     e.warnings.iter().map(|w| w.code.clone()).collect()
 }
+
+/// Poll `f` until it holds or `secs` pass; returns its last answer.
+pub async fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(secs) {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+/// Run the `kcaudit serve` binary with `--set` overrides, its diagnostics appended to `log`.
+pub fn spawn_serve(sets: &[String], log: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kcaudit"))
+        .arg("serve")
+        .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file"))
+        .spawn()
+        .expect("start kcaudit")
+}

@@ -66,6 +66,11 @@ pub struct KafkaSourceOptions {
     pub retry_backoff_ms: u64,
     /// How often consumer lag is measured, in milliseconds.
     pub lag_interval_ms: u64,
+    /// Worker role: the compacted topic holding the detection state of each input partition (created
+    /// on first use with as many partitions as the input; see `docs/scale-out.md`).
+    pub state_topic: String,
+    /// Worker role: longest time to read a partition's state back when it is assigned, in milliseconds.
+    pub state_restore_timeout_ms: u64,
     /// SASL password (for `sasl.mechanism = SCRAM-SHA-512` etc. in `options`), from env or file.
     pub sasl_password: Option<SecretOptions>,
     /// Any librdkafka consumer property (`security.protocol`, `sasl.mechanism`, `sasl.username`,
@@ -90,11 +95,17 @@ impl Default for KafkaSourceOptions {
             revoke_timeout_ms: 10_000,
             retry_backoff_ms: 1000,
             lag_interval_ms: 10_000,
+            state_topic: "kcaudit-detect-state".into(),
+            state_restore_timeout_ms: 60_000,
             sasl_password: None,
             options: BTreeMap::new(),
         }
     }
 }
+
+/// Option prefixes that describe the connection (passed on to helper clients such as the worker's
+/// changelog producer).
+const CONNECTION: &[&str] = &["security.protocol", "sasl.", "ssl.", "ssl_", "client.dns.lookup", "socket.", "broker.address.family", "reconnect.backoff"];
 
 /// librdkafka properties kcaudit sets itself.
 const OWN: &[&str] = &["group.id", "enable.auto.commit", "enable.auto.offset.store", "bootstrap.servers"];
@@ -149,8 +160,21 @@ impl KafkaSourceOptions {
     }
 }
 
+/// What the owner of per-partition state needs to hear from the consumer: the worker role's
+/// partitioned detector (`detect::partitioned`).
+pub trait PartitionHooks: Send + Sync {
+    /// Partitions were assigned: load their state. Runs before any of their records is read.
+    fn assigned(&self, parts: &[Tp]);
+    /// Offsets are about to be committed: make durable whatever processing the committed records
+    /// did. False holds the commit (it is tried again at the next interval).
+    fn flush(&self) -> bool;
+    /// Partitions were revoked, after their in-flight records drained and their offsets committed.
+    fn revoked(&self, parts: &[Tp]);
+}
+
 /// Shared between the consume loop, completion tasks and the rebalance callback.
 struct Shared {
+    hooks: std::sync::OnceLock<Arc<dyn PartitionHooks>>,
     tracker: Mutex<OffsetTracker>,
     /// Signalled whenever a record finishes (the revoke wait and the in-flight limit wait on it).
     finished: tokio::sync::Notify,
@@ -192,7 +216,10 @@ impl RebalanceContext {
             t.forget(parts);
             pts
         };
-        commit(consumer, &points, CommitMode::Sync);
+        commit_after_flush(&self.shared, consumer, &points, CommitMode::Sync);
+        if let Some(h) = self.shared.hooks.get() {
+            h.revoked(parts);
+        }
     }
 }
 
@@ -205,11 +232,35 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            tracing::info!(partitions = ?tps(list), "Partitions assigned.");
+            let parts = tps(list);
+            tracing::info!(partitions = ?parts, "Partitions assigned.");
+            // Still inside the poll that returns the partitions' first records: their state is in
+            // place before any of them reaches the pipeline.
+            if let Some(h) = self.shared.hooks.get() {
+                h.assigned(&parts);
+            }
+        }
+        // Counted once ready (state restored), so the gauge means "owned and consuming".
+        if let Ok(a) = consumer.assignment() {
+            self.shared.metrics.kafka_assigned.set(a.count() as i64);
         }
     }
+}
+
+/// Commit `points` once the hooks (if any) made the work behind them durable.
+fn commit_after_flush(shared: &Shared, consumer: &impl Consumer<RebalanceContext>, points: &[(Tp, i64)], mode: CommitMode) {
+    if points.is_empty() {
+        return;
+    }
+    if let Some(h) = shared.hooks.get() {
+        if !h.flush() {
+            tracing::warn!("Offsets not committed this round: the partition state could not be made durable.");
+            return;
+        }
+    }
+    commit(consumer, points, mode);
 }
 
 fn commit(consumer: &impl Consumer<RebalanceContext>, points: &[(Tp, i64)], mode: CommitMode) {
@@ -266,7 +317,7 @@ impl KafkaSource {
     pub fn new(opts: &KafkaSourceOptions, decode: &DecodeOptions, metrics: Metrics) -> anyhow::Result<KafkaSource> {
         let problems: Vec<String> = opts.problems().iter().filter(|p| p.is_error).map(|p| p.to_string()).collect();
         anyhow::ensure!(problems.is_empty(), "invalid [kafka]: {}", problems.join("; "));
-        let shared = Arc::new(Shared { tracker: Mutex::default(), finished: tokio::sync::Notify::new(), revoke_timeout: Duration::from_millis(opts.revoke_timeout_ms), metrics });
+        let shared = Arc::new(Shared { hooks: Default::default(), tracker: Mutex::default(), finished: tokio::sync::Notify::new(), revoke_timeout: Duration::from_millis(opts.revoke_timeout_ms), metrics });
         let consumer: StreamConsumer<RebalanceContext> = opts.client_config()?.create_with_context(RebalanceContext { shared: shared.clone() })?;
         let topics: Vec<&str> = match &opts.topic_pattern {
             Some(p) => vec![p.as_str()],
@@ -274,6 +325,27 @@ impl KafkaSource {
         };
         consumer.subscribe(&topics)?;
         Ok(KafkaSource { consumer: Arc::new(consumer), shared, opts: opts.clone(), decode: decode.clone(), tz: decode.time_zone().map_err(anyhow::Error::msg)? })
+    }
+
+    /// Tell `hooks` about assignments, commits and revocations (set before [`KafkaSource::run`]).
+    pub fn with_hooks(self, hooks: Arc<dyn PartitionHooks>) -> Self {
+        let _ = self.shared.hooks.set(hooks);
+        self
+    }
+
+    /// The librdkafka settings shared by helper clients (brokers, security), without the group.
+    pub fn connection_config(opts: &KafkaSourceOptions) -> anyhow::Result<ClientConfig> {
+        let mut c = ClientConfig::new();
+        for (k, v) in &opts.options {
+            if CONNECTION.iter().any(|p| k.starts_with(p)) {
+                c.set(k, v);
+            }
+        }
+        c.set("bootstrap.servers", &opts.brokers);
+        if let Some(s) = &opts.sasl_password {
+            c.set("sasl.password", s.read().map_err(anyhow::Error::msg)?);
+        }
+        Ok(c)
     }
 
     /// Consume until `stop` resolves; then drain in-flight records (bounded), commit, and leave the group.
@@ -285,7 +357,9 @@ impl KafkaSource {
                 loop {
                     tokio::time::sleep(every).await;
                     let points = shared.tracker.lock().expect("tracker lock").commit_points();
-                    commit(&*consumer, &points, CommitMode::Async);
+                    let (consumer, shared) = (consumer.clone(), shared.clone());
+                    // The flush before the commit may block (broker round trips).
+                    let _ = tokio::task::spawn_blocking(move || commit_after_flush(&shared, &*consumer, &points, CommitMode::Async)).await;
                 }
             })
         };
@@ -351,7 +425,8 @@ impl KafkaSource {
         committer.abort();
         lag.abort();
         let points = self.shared.tracker.lock().expect("tracker lock").commit_points();
-        commit(&*self.consumer, &points, CommitMode::Sync);
+        let (consumer, shared) = (self.consumer.clone(), self.shared.clone());
+        let _ = tokio::task::spawn_blocking(move || commit_after_flush(&shared, &*consumer, &points, CommitMode::Sync)).await;
         self.consumer.unsubscribe();
         Ok(())
     }
@@ -416,5 +491,18 @@ async fn complete(pipeline: PipelineHandle, items: Vec<Item>, slots: Vec<RecordS
         tokio::time::sleep(backoff).await;
         pending_items = retry_items;
         pending_slots = retry_slots;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The statically built librdkafka must speak TLS and SASL/SCRAM (`ssl-vendored`): a build
+    /// without them would only fail at a customer's secured broker.
+    #[test]
+    fn librdkafka_is_built_with_tls_and_sasl() {
+        let features = rdkafka::config::ClientConfig::new().create_native_config().unwrap().get("builtin.features").unwrap();
+        for want in ["ssl", "sasl_scram", "sasl_plain", "sasl_oauthbearer", "zstd", "lz4"] {
+            assert!(features.split(',').any(|f| f == want), "librdkafka lacks {want}: {features}");
+        }
     }
 }

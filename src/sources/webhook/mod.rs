@@ -50,6 +50,11 @@ pub struct WebhookState {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub permits: Semaphore,
+    /// False on a worker: the listener serves health and metrics only (events reach workers
+    /// through Kafka, so partition ownership decides who detects what).
+    pub ingest: bool,
+    /// With `[spool]` on: requests are answered once their records are on disk (see `spool`).
+    pub spool: Option<crate::spool::Spool>,
 }
 
 impl WebhookState {
@@ -62,18 +67,22 @@ impl WebhookState {
             max_body_bytes: opts.max_body_bytes,
             request_timeout: Duration::from_secs(opts.request_timeout_secs.max(1)),
             permits: Semaphore::new(opts.max_concurrent_requests.max(1)),
+            ingest: true,
+            spool: None,
         }))
     }
 }
 
 /// The router (also used directly by tests).
 pub fn router(state: Arc<WebhookState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(ingest)
-        .with_state(state)
+    let r = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz)).route("/metrics", get(metrics));
+    let r = if state.ingest { r.fallback(ingest) } else { r.fallback(not_ingesting) };
+    r.with_state(state)
+}
+
+async fn not_ingesting() -> Response {
+    let body = json!({"error": "this kcaudit instance runs the worker role and takes events from Kafka only; send webhooks to an edge instance"});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
 /// Serve until `shutdown` resolves; then stop accepting, let in-flight requests finish (up to
@@ -200,6 +209,9 @@ async fn ingest_inner(s: &WebhookState, req: Request) -> Response {
             ev.received_at = Some(now);
         }
     }
+    if let Some(spool) = &s.spool {
+        return spooled(spool, rid, items).await;
+    }
     let report = match tokio::time::timeout(s.request_timeout, s.pipeline.try_submit(items, "webhook")).await {
         Err(_) => return error_response(StatusCode::SERVICE_UNAVAILABLE, rid, "timed out waiting for the sinks; retry (duplicates are dropped)"),
         Ok(Err(e)) => {
@@ -213,6 +225,31 @@ async fn ingest_inner(s: &WebhookState, req: Request) -> Response {
         Ok(Ok(r)) => r,
     };
     respond(rid, &report)
+}
+
+/// Spool the request's records and answer once they are on disk: 202 (every record will reach the
+/// sinks or the dead-letter store), 400 when none of them decoded, 503 + Retry-After when the spool
+/// is full or cannot be written.
+async fn spooled(spool: &crate::spool::Spool, rid: &str, items: Vec<crate::decode::Item>) -> Response {
+    let mut rejections = Vec::new();
+    let (mut events, mut skipped) = (0usize, 0usize);
+    for (i, item) in items.iter().enumerate() {
+        match &item.decoded {
+            Decoded::Event(_) => events += 1,
+            Decoded::Skipped(_) => skipped += 1,
+            Decoded::Rejected(reason) => rejections.push(json!({"index": i, "line": item.origin.line, "reason": reason})),
+        }
+    }
+    let received = items.len();
+    if let Err(e) = spool.append(items).await {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, rid, &e.to_string());
+    }
+    let status = if events == 0 && !rejections.is_empty() && skipped == 0 { StatusCode::BAD_REQUEST } else { StatusCode::ACCEPTED };
+    json_response(
+        status,
+        rid,
+        json!({"request_id": rid, "spooled": true, "received": received, "events": events, "rejected": rejections.len(), "skipped": skipped, "rejections": rejections}),
+    )
 }
 
 fn status(code: u16) -> StatusCode {
