@@ -8,6 +8,8 @@
 #   - rsyslog with its TLS (gnutls) and RELP modules (Debian's rsyslog, rsyslog-gnutls, rsyslog-relp);
 #     the tests run private rsyslogd instances on free loopback ports, never the system one.
 #   - openssl, to make the test certificates.
+#   - the nightly toolchain and cargo-fuzz for the bounded fuzz run (scripts/fuzz.sh; the fuzz build is
+#     cached in ~/.cache/kcaudit/fuzz-target).
 #   - deploy-kit validators (shellcheck, kubernetes-validate, check-jsonschema, yamllint, hadolint,
 #     pykustomize) in ~/.cache/kcaudit/venv-deploy (scripts/deploy-tools.sh).
 #   - tansu, a Kafka-protocol broker from crates.io, built once into ~/.cache/kcaudit/tansu (the first
@@ -69,3 +71,6 @@ echo "==> services: $(dpkg-query -W clickhouse-server rsyslog rsyslog-relp rsysl
 
 echo "==> cargo test (unit, integration, property and service tests)"
 cargo test --locked --all-targets -- --color never
+
+echo "==> fuzzing every decoder and the webhook path, 5 s per target (long runs: fuzz/README.md)"
+bash scripts/fuzz.sh 5

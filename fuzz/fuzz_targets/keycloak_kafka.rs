@@ -1,0 +1,9 @@
+//! Fuzz target: `decode_body` with the `keycloak_kafka` format (webhook and file contexts).
+//! Checks: see `fuzz/src/lib.rs`. Crashes: `tests/fixtures/fuzz/keycloak_kafka-<name>` (replayed by `cargo test`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    kcaudit_fuzz::run_target("keycloak_kafka", data);
+});

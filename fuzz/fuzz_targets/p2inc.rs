@@ -1,0 +1,9 @@
+//! Fuzz target: `decode_body` with the `p2inc` format (webhook and file contexts).
+//! Checks: see `fuzz/src/lib.rs`. Crashes: `tests/fixtures/fuzz/p2inc-<name>` (replayed by `cargo test`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    kcaudit_fuzz::run_target("p2inc", data);
+});
