@@ -5,11 +5,12 @@
 #
 # Installs what it needs when missing: the nightly toolchain (rustup, minimal profile) and cargo-fuzz.
 # Builds once into ${KCAUDIT_FUZZ_TARGET:-~/.cache/kcaudit/fuzz-target} (shared by every clone; the
-# first build takes several minutes, later ones seconds). Each target starts from its committed seeds
-# (fuzz/corpus/<target>/, never written to). Runs of 60 s or more also start from, and add to, what
-# earlier long runs discovered (${KCAUDIT_FUZZ_CORPUS:-~/.cache/kcaudit/fuzz-corpus}/<target>/); shorter
-# runs use a throw-away directory, so their time stays bounded (replaying a grown corpus alone takes
-# longer than a few seconds). Set KCAUDIT_FUZZ_CORPUS to use a persistent corpus for short runs too.
+# first build takes 15-20 minutes on 2 cores, a rebuild after a change in src/ a few minutes). Each
+# target starts from its committed seeds (fuzz/corpus/<target>/, never written to). Runs of 60 s or
+# more also start from, and add to, what earlier long runs discovered
+# (${KCAUDIT_FUZZ_CORPUS:-~/.cache/kcaudit/fuzz-corpus}/<target>/); shorter runs use a throw-away
+# directory, so their time stays bounded (replaying a grown corpus alone takes longer than a few
+# seconds). Set KCAUDIT_FUZZ_CORPUS to use a persistent corpus for short runs too.
 #
 # Exits non-zero if any target crashed, timed out (-timeout=10 s per input) or went over 2 GB RSS, and
 # prints the crashing input's path (fuzz/artifacts/<target>/...). What to do with it: fuzz/README.md.
@@ -38,7 +39,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo +stable install cargo-fuzz --version 0.13.2 --locked
 fi
 
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/kcaudit"
+cache="$HOME/.cache/kcaudit"
 export CARGO_TARGET_DIR="${KCAUDIT_FUZZ_TARGET:-$cache/fuzz-target}"
 logs="$cache/fuzz-logs"
 if [ -n "${KCAUDIT_FUZZ_CORPUS:-}" ] || [ "$secs" -ge 60 ]; then
@@ -50,7 +51,7 @@ fi
 mkdir -p "$CARGO_TARGET_DIR" "$corpus_root" "$logs"
 
 # Release build with debug assertions and overflow checks. No sanitizer: kcaudit has no unsafe code,
-# and without ASan every target runs about twice as fast (pass -s address by hand to use it).
+# so AddressSanitizer would only slow every target down (use -s address by hand if that changes).
 flags=(--release --debug-assertions --sanitizer none --target-dir "$CARGO_TARGET_DIR")
 
 if [ $# -gt 0 ]; then

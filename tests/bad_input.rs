@@ -213,3 +213,22 @@ proptest! {
         let _ = decode(line.as_bytes(), Format::JbossLogging);
     }
 }
+
+#[test]
+fn a_body_of_millions_of_records_is_cut_at_the_cap_with_a_reason() {
+    let opts = kcaudit::decode::DecodeOptions { max_records_per_body: 1000, ..Default::default() };
+    // A few hundred bytes of gzip can be this: blank lines, or an array of numbers.
+    for body in ["\n".repeat(2_000_000), format!("[{}1]", "1,".repeat(2_000_000)), format!("{GOOD}\n").repeat(5000)] {
+        let items = common::decode_with(body.as_bytes(), Format::Auto, &opts);
+        assert_eq!(items.len(), 1001, "at most the cap plus one record saying why");
+        match &items[1000].decoded {
+            Decoded::Rejected(r) => assert!(r.contains("max_records_per_body (1000)") && r.contains("not decoded"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(items[1000].raw.as_ref().is_some_and(|r| r.len() <= 64 * 1024), "the evidence is bounded");
+    }
+    // Under the cap nothing changes.
+    let items = common::decode_with(format!("{GOOD}\n").repeat(999).as_bytes(), Format::Auto, &opts);
+    assert_eq!(items.len(), 999);
+    assert!(items.iter().all(|i| matches!(i.decoded, Decoded::Event(_))));
+}

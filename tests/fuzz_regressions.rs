@@ -183,10 +183,12 @@ fn hostile_ten_megabyte_lines() {
 fn hostile_blank_lines_are_linear() {
     // 200k blank lines: once quadratic (every blank line re-counted all lines of the body).
     within(Duration::from_secs(30), "200k blank lines", || {
-        let s = check_decode_with(Format::Auto, "\n".repeat(200_000).as_bytes(), &DecodeOptions::default());
+        // (Above decode.max_records_per_body's default: this is about time; tests/bad_input.rs covers the cap.)
+        let uncapped = DecodeOptions { max_records_per_body: 1_000_000, ..Default::default() };
+        let s = check_decode_with(Format::Auto, "\n".repeat(200_000).as_bytes(), &uncapped);
         assert_eq!((s.events, s.skipped), (0, 200_000));
         let body = format!("{EVENT}\n{}\n{EVENT}\n", "\r\n \t\n".repeat(100_000));
-        let s = check_decode_with(Format::Keycloak, body.as_bytes(), &DecodeOptions::default());
+        let s = check_decode_with(Format::Keycloak, body.as_bytes(), &uncapped);
         assert_eq!(s.events, 2);
     });
 }
@@ -251,8 +253,11 @@ fn hostile_huge_numbers() {
     assert!(ev.warnings.iter().any(|w| w.code == "details_truncated"));
     // A huge array of tiny records.
     let array = format!("[{}]", vec!["1"; 200_000].join(","));
-    let s = check_decode_with(Format::Auto, array.as_bytes(), &DecodeOptions::default());
+    let s = check_decode_with(Format::Auto, array.as_bytes(), &DecodeOptions { max_records_per_body: 1_000_000, ..Default::default() });
     assert_eq!((s.events, s.rejected), (0, 200_000));
+    // With the default cap: 100,000 of them, and one record saying the rest was not decoded.
+    let s = check_decode_with(Format::Auto, array.as_bytes(), &DecodeOptions::default());
+    assert_eq!((s.events, s.rejected), (0, 100_001));
 }
 
 #[test]

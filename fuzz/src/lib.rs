@@ -82,6 +82,8 @@ pub fn fuzz_options() -> &'static DecodeOptions {
         max_field_bytes: 48,
         max_representation_bytes: 128,
         max_record_bytes: 1024 * 1024,
+        // Above what a 64 KiB input can hold, so file and webhook decoding stay comparable.
+        max_records_per_body: 100_000,
     })
 }
 
@@ -487,10 +489,19 @@ pub struct Webhook {
     _pipeline: Mutex<kcaudit::pipeline::Pipeline>,
 }
 
-/// Where the dead-letter file goes: tmpfs when there is one (every append is fsynced).
+/// Where the dead-letter file goes: tmpfs when there is one (every append is fsynced). One directory per
+/// process (libFuzzer `-jobs` runs several); those of processes that are gone are removed here, since a
+/// fuzzer exits without running destructors.
 fn scratch_dir() -> PathBuf {
     let shm = PathBuf::from("/dev/shm");
     let base = if shm.is_dir() && std::fs::metadata(&shm).is_ok_and(|m| !m.permissions().readonly()) { shm } else { std::env::temp_dir() };
+    for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix("kcaudit-fuzz-")).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| p != std::process::id() && !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     base.join(format!("kcaudit-fuzz-{}", std::process::id()))
 }
 

@@ -107,6 +107,11 @@ pub struct DecodeOptions {
     pub max_representation_bytes: usize,
     /// Largest single record (line or array element) decoded at all; larger ones are rejected.
     pub max_record_bytes: usize,
+    /// Most records decoded from one body (webhook request, Kafka record value). The rest is not
+    /// decoded: one rejected record says so and keeps its start. A few hundred bytes of gzip can
+    /// expand to millions of blank lines or `[1,1,…]` elements, and each would cost a record's
+    /// bookkeeping.
+    pub max_records_per_body: usize,
 }
 
 impl Default for DecodeOptions {
@@ -118,6 +123,7 @@ impl Default for DecodeOptions {
             max_field_bytes: 1024,
             max_representation_bytes: 64 * 1024,
             max_record_bytes: 4 * 1024 * 1024,
+            max_records_per_body: 100_000,
         }
     }
 }
@@ -199,10 +205,20 @@ pub fn decode_body(bytes: &[u8], format: Format, base: &Origin, ctx: &Context<'_
     let mut index = 0u32;
     // Index of the last segment, counted once: counting per blank line made a body of newlines quadratic.
     let last_segment = text.bytes().filter(|&b| b == b'\n').count();
+    let start = out.len();
+    let mut offset = 0usize;
     for (n, line) in text.split('\n').enumerate() {
+        let line_start = offset;
+        offset += line.len() + 1;
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() && n > 0 && n == last_segment {
             continue; // the newline that ends the body is not a blank record
+        }
+        if out.len() - start >= ctx.opts.max_records_per_body {
+            let mut origin = base.clone();
+            origin.line = base.line.or(Some(n as u64 + 1));
+            out.push(too_many_records(&text[line_start.min(text.len())..], format, &origin, ctx.opts.max_records_per_body));
+            return;
         }
         let mut origin = base.clone();
         if base.line.is_none() {
@@ -282,8 +298,49 @@ pub fn decode_record(text: &str, format: Format, origin: &Origin, pre: &[Warning
     }
 }
 
+/// The rejected record standing for everything past `decode.max_records_per_body` (its first 64 KiB
+/// kept as evidence).
+fn too_many_records(rest: &str, format: Format, origin: &Origin, max: usize) -> Item {
+    let mut cut = rest.len().min(64 * 1024);
+    while !rest.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let reason = format!("the body holds more than decode.max_records_per_body ({max}) records; the remaining {} bytes were not decoded", rest.len());
+    Item { origin: labelled(origin, format), decoded: Decoded::Rejected(reason), raw: Some(rest.as_bytes()[..cut].to_vec()) }
+}
+
+/// The elements of a JSON array, at most `max` of them; also says whether there were more. Memory
+/// stays bounded however many elements the array has.
+fn array_elements(text: &str, max: usize) -> Result<(Vec<&RawValue>, bool), serde_json::Error> {
+    struct Elems(usize);
+    impl<'de> serde::de::Visitor<'de> for Elems {
+        type Value = (Vec<&'de RawValue>, bool);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut v = Vec::new();
+            while v.len() < self.0 {
+                match seq.next_element::<&RawValue>()? {
+                    Some(e) => v.push(e),
+                    None => return Ok((v, false)),
+                }
+            }
+            let mut more = false;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                more = true;
+            }
+            Ok((v, more))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let r = serde::Deserializer::deserialize_seq(&mut de, Elems(max))?;
+    de.end()?;
+    Ok(r)
+}
+
 fn decode_array(text: &str, format: Format, origin: &Origin, pre: &[Warning], ctx: &Context<'_>, out: &mut Vec<Item>) {
-    let elems: Vec<&RawValue> = match serde_json::from_str(text) {
+    let (elems, more) = match array_elements(text, ctx.opts.max_records_per_body) {
         Ok(v) => v,
         Err(e) => {
             // Fall back to the duplicate-aware parser for the error message (it classifies the error).
@@ -325,6 +382,11 @@ fn decode_array(text: &str, format: Format, origin: &Origin, pre: &[Warning], ct
             continue;
         }
         decode_record(s, format, &o, pre, ctx, out);
+    }
+    if more {
+        let last = elems.last().map(|e| e.get()).unwrap_or("");
+        let after = (last.as_ptr() as usize + last.len()).saturating_sub(text.as_ptr() as usize).min(text.len());
+        out.push(too_many_records(&text[after..], format, origin, ctx.opts.max_records_per_body));
     }
 }
 
