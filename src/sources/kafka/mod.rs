@@ -232,7 +232,7 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             let parts = tps(list);
             tracing::info!(partitions = ?parts, "Partitions assigned.");
@@ -242,9 +242,12 @@ impl ConsumerContext for RebalanceContext {
                 h.assigned(&parts);
             }
         }
-        // Counted once ready (state restored), so the gauge means "owned and consuming".
-        if let Ok(a) = consumer.assignment() {
-            self.shared.metrics.kafka_assigned.set(a.count() as i64);
+        // Counted from the rebalance lists, once ready (state restored): asking the consumer for its
+        // assignment from inside this callback deadlocks librdkafka.
+        match rebalance {
+            Rebalance::Assign(list) => self.shared.metrics.kafka_assigned.add(list.count() as i64),
+            Rebalance::Revoke(list) => self.shared.metrics.kafka_assigned.sub(list.count() as i64),
+            Rebalance::Error(_) => {}
         }
     }
 }
