@@ -1,66 +1,158 @@
 #!/usr/bin/env bash
 # End-to-end benchmarks on this machine: prints one table (events/s, CPU seconds per million events,
-# latency percentiles, peak RSS). Everything runs on loopback; nothing is left running.
-#   N=200000 scripts/bench.sh        # events per run (default 200000)
+# latency percentiles, peak RSS) for every way events come in and go out. Everything runs on loopback
+# with the real services (a private ClickHouse server and tansu Kafka broker, started by
+# examples/bench_services.rs with the tests' own code; scripts/test.sh installs them); nothing is left
+# running. Every run checks that every event arrived (counts), so a fast wrong run cannot pass.
+#   N=200000 SINGLE=20000 scripts/bench.sh
+# Micro-benchmarks of each step: cargo bench --bench steps (and enrich, detect, clickhouse, kafka).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
 SINGLE=${SINGLE:-20000}
-cargo build --release --locked --quiet
+RATE=${RATE:-10000}
+export KCAUDIT_TANSU="${KCAUDIT_TANSU:-$HOME/.cache/kcaudit/tansu/bin/tansu}"
+export KCAUDIT_CLICKHOUSE_SERVER="${KCAUDIT_CLICKHOUSE_SERVER:-$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)}"
+for need in "$KCAUDIT_TANSU" "$KCAUDIT_CLICKHOUSE_SERVER"; do
+  [ -x "$need" ] || { echo "scripts/bench.sh: $need is missing; run scripts/test.sh once (it installs the services)" >&2; exit 1; }
+done
+
+echo "==> building (release)" >&2
+cargo build --release --locked --quiet --bin kcaudit --example bench_services
 BIN=$PWD/target/release/kcaudit
+SVC=$PWD/target/release/examples/bench_services
+DIRECTORY=$PWD/tests/fixtures/keycloak/admin-api
 WORK=$(mktemp -d)
 SERVER_PID=
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+SVC_PID=
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null
+  exec 3>&- 2>/dev/null || true # closing its stdin stops the services
+  [ -n "$SVC_PID" ] && { sleep 1; kill "$SVC_PID" 2>/dev/null; }
+  wait 2>/dev/null
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 TICK=$(getconf CLK_TCK)
 cpu_of() { awk -v t="$TICK" '{printf "%.3f", ($14+$15)/t}' "/proc/$1/stat"; }
-rss_of() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+rss_of() { awk -v k="$2" '$1 == k":" {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+fmt() { python3 -c "import sys; print(f'{float(sys.argv[1]):,.0f}')" "$1"; }
 
 "$BIN" loadgen --count "$N" --out "$WORK/events.jsonl"
 SIZE=$(stat -c %s "$WORK/events.jsonl")
 
+echo "==> starting ClickHouse and Kafka (loading $N events into a topic)" >&2
+mkfifo "$WORK/svc.in"
+"$SVC" "$WORK/events.jsonl" bench-events <"$WORK/svc.in" >"$WORK/svc.json" 2>"$WORK/svc.log" &
+SVC_PID=$!
+exec 3>"$WORK/svc.in"
+for _ in $(seq 600); do [ -s "$WORK/svc.json" ] && break; kill -0 "$SVC_PID" 2>/dev/null || break; sleep 0.2; done
+[ -s "$WORK/svc.json" ] || { echo "bench services did not start:" >&2; cat "$WORK/svc.log" >&2; exit 1; }
+svc() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$WORK/svc.json" "$1"; }
+CH_URL=$(svc clickhouse_url)
+KAFKA=$(svc kafka_brokers)
+[ "$(svc kafka_records)" = "$N" ] || { echo "the topic holds $(svc kafka_records) records, not $N" >&2; exit 1; }
+
 rows=()
-# 1. File replay to a blackhole (decode, dedup, detection; output to /dev/null).
-read -r secs cpu rss < <(python3 - "$BIN" "$WORK/events.jsonl" <<'PY'
-import resource, subprocess, sys, time
+notes=()
+COMMON=(--set 'log.level="warn"' --set "enrich.directory=\"$DIRECTORY\"")
+
+# File replay to a blackhole: decode, dedup, enrichment, detection; the sink discards.
+replay_blackhole() {
+  python3 - "$BIN" "$WORK/events.jsonl" "$WORK/replay" "$N" "${COMMON[@]}" <<'PY'
+import json, resource, subprocess, sys, time
+binary, events, data, n, common = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
 t = time.time()
-subprocess.run([sys.argv[1], "replay", "--quiet", "--out", "/dev/null", sys.argv[2]], check=True, stderr=subprocess.DEVNULL)
+subprocess.run([binary, "replay", "--quiet", "--to-sinks", "--report", data + ".report.json", *common,
+                "--set", f'data_dir="{data}"', "--set", "sinks.audit_log.enabled=false", "--set", "sinks.blackhole.enabled=true", events],
+               check=True, stderr=subprocess.DEVNULL)
 el = time.time() - t
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"{el:.3f} {ru.ru_utime + ru.ru_stime:.3f} {ru.ru_maxrss/1024:.1f}")
+rep = json.load(open(data + ".report.json"))
+tot = rep.get("totals", rep)
+assert tot["accepted"] == n, f"replay accepted {tot['accepted']} of {n}"
+print(f"file replay -> blackhole|{n}|{n/el:,.0f}|{(ru.ru_utime + ru.ru_stime)/n*1e6:.2f}|-|-|{ru.ru_maxrss/1024:.1f}")
 PY
-)
-rows+=("file replay -> blackhole|$N|$(python3 -c "print(f'{$N/$secs:,.0f}')")|$(python3 -c "print(f'{$cpu/$N*1e6:.2f}')")|-|-|$rss")
+}
+rows+=("$(replay_blackhole)")
 
-start_server() {
+start_server() { # extra --set arguments
   rm -rf "$WORK/data"
-  "$BIN" serve --set "data_dir=\"$WORK/data\"" --set 'webhook.listen="127.0.0.1:18787"' --set 'log.level="warn"' >"$WORK/serve.log" 2>&1 &
+  "$BIN" serve --set "data_dir=\"$WORK/data\"" --set 'webhook.listen="127.0.0.1:18787"' "${COMMON[@]}" "$@" >"$WORK/serve.log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 50); do curl -sf http://127.0.0.1:18787/readyz >/dev/null 2>&1 && return; sleep 0.1; done
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:18787/readyz >/dev/null 2>&1 && return; sleep 0.1; done
   echo "kcaudit serve did not start:" >&2; cat "$WORK/serve.log" >&2; exit 1
 }
 stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; }
+delivered() { # sink
+  curl -sf http://127.0.0.1:18787/metrics | awk -v s="kcaudit_events_delivered_total{sink=\"$1\"}" '$1 == s {print $2; f=1} END {if (!f) print 0}'
+}
 
-run_http() { # name count batch connections
-  start_server
+run_http() { # name count batch connections rate sink [extra --set ...]
+  local name=$1 count=$2 batch=$3 conns=$4 rate=$5 sink=$6
+  shift 6
+  start_server "$@"
+  sleep 1
+  local idle; idle=$(rss_of "$SERVER_PID" VmRSS)
   local c0; c0=$(cpu_of "$SERVER_PID")
-  local rep; rep=$("$BIN" loadgen --target http://127.0.0.1:18787/v1/events --count "$2" --batch "$3" --connections "$4" --max-seconds 300)
-  local c1; c1=$(cpu_of "$SERVER_PID"); local rss; rss=$(rss_of "$SERVER_PID")
-  local lines; lines=$(cat "$WORK"/data/audit.jsonl* | wc -l)  # rotated files included
+  local rep; rep=$("$BIN" loadgen --target http://127.0.0.1:18787/v1/events --count "$count" --batch "$batch" --connections "$conns" --rate "$rate" --max-seconds 300)
+  local c1; c1=$(cpu_of "$SERVER_PID"); local rss; rss=$(rss_of "$SERVER_PID" VmHWM)
+  local got; got=$(delivered "$sink")
   stop_server
-  python3 - "$1" "$2" "$c0" "$c1" "$rss" "$lines" "$rep" <<'PY'
+  python3 - "$name" "$c0" "$c1" "$rss" "$got" "$rep" <<'PY'
 import json, sys
-name, n, c0, c1, rss, lines, rep = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], int(sys.argv[6]), json.loads(sys.argv[7])
-assert lines == rep["events_sent"], f"audit log has {lines} lines, loadgen sent {rep['events_sent']}"
-print(f"{name}|{rep['events_sent']}|{rep['events_per_sec']:,.0f}|{(c1-c0)/max(rep['events_sent'],1)*1e6:.2f}|{rep['latency_ms_p50']:.2f}|{rep['latency_ms_p99']:.2f}|{rss}")
+name, c0, c1, rss, got, rep = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(float(sys.argv[5])), json.loads(sys.argv[6])
+sent = rep["events_sent"]
+assert rep["errors"] == 0, f"{name}: {rep['errors']} failed requests: {rep['status_counts']}"
+assert got == sent, f"{name}: the sink got {got} events, loadgen had {sent} acknowledged"
+print(f"{name}|{sent}|{rep['events_per_sec']:,.0f}|{(c1-c0)/max(sent,1)*1e6:.2f}|{rep['latency_ms_p50']:.2f}|{rep['latency_ms_p99']:.2f}|{rss}")
+PY
+  IDLE_RSS=$idle
+}
+
+rows+=("$(run_http 'webhook NDJSON batches (1000) -> audit log' "$N" 1000 2 0 audit_log)")
+rows+=("$(run_http 'webhook single events, flat out (16 conns) -> audit log' "$SINGLE" 1 16 0 audit_log)")
+rows+=("$(run_http "webhook single events at $RATE/s -> audit log" "$SINGLE" 1 16 "$RATE" audit_log)")
+rows+=("$(run_http "webhook single events at $RATE/s, spool on -> audit log" "$SINGLE" 1 16 "$RATE" audit_log --set spool.enabled=true)")
+rows+=("$(run_http 'webhook NDJSON batches (1000) -> ClickHouse server' "$N" 1000 2 0 clickhouse \
+  --set sinks.audit_log.enabled=false --set sinks.clickhouse.enabled=true --set "sinks.clickhouse.urls=[\"$CH_URL\"]" \
+  --set sinks.clickhouse.migrate_on_start=false --set 'sinks.clickhouse.password_env="KCAUDIT_BENCH_NO_PASSWORD"' \
+  --set sinks.clickhouse.batch.max_events=10000 --set sinks.clickhouse.batch.queue_capacity=20000)")
+
+# Kafka to a blackhole: the topic was filled before kcaudit starts; timed from the first delivery to
+# the last (the group join is not throughput), CPU over the same span.
+kafka_blackhole() {
+  start_server --set webhook.listen='"127.0.0.1:18787"' --set sinks.audit_log.enabled=false --set sinks.blackhole.enabled=true \
+    --set kafka.enabled=true --set "kafka.brokers=\"$KAFKA\"" --set 'kafka.topics=["bench-events"]' --set 'kafka.group_id="bench"'
+  local t0 c0 got=0
+  for _ in $(seq 3000); do got=$(delivered blackhole); [ "${got%.*}" -gt 0 ] && break; sleep 0.01; done
+  t0=$(date +%s.%N); c0=$(cpu_of "$SERVER_PID")
+  local start_got=${got%.*}
+  for _ in $(seq 6000); do got=$(delivered blackhole); [ "${got%.*}" -ge "$N" ] && break; sleep 0.05; done
+  local t1 c1 rss
+  t1=$(date +%s.%N); c1=$(cpu_of "$SERVER_PID"); rss=$(rss_of "$SERVER_PID" VmHWM)
+  stop_server
+  python3 - "$N" "$start_got" "${got%.*}" "$t0" "$t1" "$c0" "$c1" "$rss" <<'PY'
+import sys
+n, g0, got, t0, t1, c0, c1, rss = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *map(float, sys.argv[4:8]), sys.argv[8]
+assert got == n, f"kafka: {got} of {n} delivered"
+k = n - g0
+print(f"Kafka (2 partitions) -> blackhole|{n}|{k/(t1-t0):,.0f}|{(c1-c0)/k*1e6:.2f}|-|-|{rss}")
 PY
 }
-rows+=("$(run_http 'webhook NDJSON batches (1000) -> audit log' "$N" 1000 2)")
-rows+=("$(run_http 'webhook single events -> audit log' "$SINGLE" 1 16)")
+rows+=("$(kafka_blackhole)")
+
+# Idle: a fresh server with nothing to do.
+start_server
+sleep 2
+IDLE=$(rss_of "$SERVER_PID" VmRSS)
+stop_server
 
 echo
-echo "kcaudit $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $N events of $((SIZE / N)) B average"
+echo "kcaudit $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $N events of $((SIZE / N)) B average; cached enrichment (directory), default rules"
 echo
 echo "| run | events | events/s | CPU s per 1M events (kcaudit) | p50 ms | p99 ms | peak RSS MiB |"
 echo "|---|---|---|---|---|---|---|"
 for r in "${rows[@]}"; do echo "| ${r//|/ | } |"; done
+echo
+echo "Idle RSS after start: $IDLE MiB. Latency is per request as the load generator sees it (a batch request answers once every event in it is delivered)."

@@ -142,12 +142,14 @@ pub struct SinksOptions {
     pub kafka: crate::sinks::kafka::KafkaSinkOptions,
     /// `[[sinks.http]]`: any number of generic HTTP destinations.
     pub http: Vec<crate::sinks::http::HttpSinkOptions>,
+    /// `[sinks.blackhole]`: discards every event (benchmarks, dry runs).
+    pub blackhole: crate::sinks::blackhole::BlackholeOptions,
 }
 
 impl SinksOptions {
     /// Whether any sink is enabled.
     pub fn any_enabled(&self) -> bool {
-        self.audit_log.enabled || self.stdout.enabled || self.clickhouse.enabled || self.splunk_hec.enabled || self.syslog.enabled || self.elasticsearch.enabled || self.sentinel.enabled || self.kafka.enabled || self.http.iter().any(|h| h.enabled)
+        self.audit_log.enabled || self.stdout.enabled || self.clickhouse.enabled || self.splunk_hec.enabled || self.syslog.enabled || self.elasticsearch.enabled || self.sentinel.enabled || self.kafka.enabled || self.http.iter().any(|h| h.enabled) || self.blackhole.enabled
     }
 }
 

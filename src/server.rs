@@ -62,6 +62,10 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
         let format = crate::sinks::syslog::formatter(l);
         sinks.push(SinkSpec { sink: Box::new(crate::sinks::syslog::SyslogSink::new("syslog", l, format)?), batch: l.batch.clone(), retry: l.retry.clone() });
     }
+    let b = &config.sinks.blackhole;
+    if b.enabled {
+        sinks.push(SinkSpec { sink: Box::new(crate::sinks::blackhole::BlackholeSink), batch: b.batch.clone(), retry: b.retry.clone() });
+    }
     Ok(sinks)
 }
 

@@ -7,6 +7,7 @@
 //! resolving each event's acknowledgement. Later sinks (ClickHouse, Kafka, SIEMs) implement [`Sink`]
 //! and get all of that for free.
 
+pub mod blackhole;
 pub mod clickhouse;
 pub mod elasticsearch;
 pub mod encode;
