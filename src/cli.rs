@@ -324,7 +324,7 @@ pub fn main() -> ExitCode {
             let args = action.config_args().clone();
             with_config(&args, |c| crate::dead_letter::workflow::run(c, action))
         }
-        Command::Serve(args) => with_config(&args, |c| runtime()?.block_on(serve(c))),
+        Command::Serve(args) => run_configured(&args, true, |c| runtime()?.block_on(serve(c))),
         Command::Replay { mut config, format, out, report, directory, realm_export, state, fail_on_reject, quiet, to_sinks, inputs } => {
             if let Some(d) = directory {
                 config.set.push(format!("enrich.directory={:?}", d.display().to_string()));
@@ -430,6 +430,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn with_config(args: &ConfigArgs, f: impl FnOnce(Config) -> anyhow::Result<ExitCode>) -> ExitCode {
+    run_configured(args, false, f)
+}
+
+/// Load the configuration, set up logging (and, with `telemetry`, OpenTelemetry export, flushed
+/// before returning), then run `f`.
+fn run_configured(args: &ConfigArgs, telemetry: bool, f: impl FnOnce(Config) -> anyhow::Result<ExitCode>) -> ExitCode {
     let (config, warnings) = match Config::load_checked(args.config.as_deref(), &args.set) {
         Ok(c) => c,
         Err(e) => {
@@ -437,18 +443,24 @@ fn with_config(args: &ConfigArgs, f: impl FnOnce(Config) -> anyhow::Result<ExitC
             return ExitCode::from(78); // EX_CONFIG
         }
     };
-    init_logging(&config);
+    if let Err(e) = init_logging(&config, telemetry) {
+        eprintln!("kcaudit: configuration error:\n{e}");
+        return ExitCode::from(78);
+    }
     for w in warnings {
         tracing::warn!(key = %w.key, "{}", w.message);
     }
-    match f(config) {
+    let code = match f(config) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "kcaudit failed.");
             eprintln!("kcaudit: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans and metric points of a graceful stop.
+    crate::telemetry::shutdown();
+    code
 }
 
 fn validate(args: &ConfigArgs) -> ExitCode {
@@ -474,16 +486,32 @@ fn validate(args: &ConfigArgs) -> ExitCode {
     }
 }
 
-fn init_logging(c: &Config) {
-    use tracing_subscriber::EnvFilter;
+/// Diagnostics on stderr, filtered by `log.level` / `RUST_LOG`; with `telemetry` and `[telemetry]`
+/// on, also the OpenTelemetry layer, and JSON lines carry the current `trace_id` and `span_id`.
+/// kcaudit's trace spans (target `kcaudit_otel`) never reach the log output, whatever the filter.
+fn init_logging(c: &Config, telemetry: bool) -> Result<(), crate::telemetry::TelemetryError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&c.log.level));
+    let filter = match format!("{}=off", crate::telemetry::TARGET).parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     let json = match c.log.format {
         LogFormat::Json => true,
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let otel = if telemetry && c.telemetry.is_enabled() { crate::telemetry::init(&c.telemetry)? } else { None };
+    let output = if json {
+        let format = crate::telemetry::WithTraceIds(fmt::format().json().flatten_event(true));
+        fmt::layer().with_writer(std::io::stderr).fmt_fields(fmt::format::JsonFields::new()).event_format(format).with_filter(filter).boxed()
+    } else {
+        fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed()
+    };
+    let _ = tracing_subscriber::registry().with(output).with(otel).try_init();
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {

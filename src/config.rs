@@ -34,6 +34,8 @@ pub struct Config {
     /// Directory for the audit log and the dead-letter store (relative paths below resolve here).
     pub data_dir: PathBuf,
     pub log: LogOptions,
+    /// OpenTelemetry export (traces and metrics over OTLP); off until an endpoint is set.
+    pub telemetry: crate::telemetry::TelemetryOptions,
     pub webhook: WebhookOptions,
     pub decode: DecodeOptions,
     pub enrich: EnrichOptions,
@@ -55,6 +57,7 @@ impl Default for Config {
             role: Role::All,
             data_dir: PathBuf::from("kcaudit-data"),
             log: LogOptions::default(),
+            telemetry: Default::default(),
             webhook: WebhookOptions::default(),
             decode: DecodeOptions::default(),
             enrich: EnrichOptions::default(),
@@ -282,6 +285,7 @@ impl Config {
             p.push(Problem { key: "spool.max_bytes".into(), message: "at least 1 MiB".into(), is_error: true });
         }
         p.extend(self.webhook.problems());
+        p.extend(self.telemetry.problems());
         p.extend(self.sinks.clickhouse.problems());
         p.extend(self.kafka.problems());
         p.extend(self.sinks.splunk_hec.problems());

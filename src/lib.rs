@@ -25,6 +25,7 @@
 //! - [`dead_letter`]: the durable store for everything that could not be delivered.
 //! - [`config`]: the TOML configuration (every option defaulted, unknown keys refused).
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`telemetry`]: OpenTelemetry traces and metrics over OTLP (`[telemetry]`, off by default).
 //! - [`loadgen`]: `kcaudit loadgen`, repeatable token-exchange traffic for benchmarks (loopback only).
 //! - [`server`]: assembles a running instance; [`cli`]: the `kcaudit` command line; [`schema`]: JSON Schemas.
 
@@ -46,3 +47,4 @@ pub mod server;
 pub mod sinks;
 pub mod sources;
 pub mod spool;
+pub mod telemetry;

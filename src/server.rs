@@ -77,6 +77,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tracing::info!(url = %url, applied = ?report.applied, "ClickHouse schema is up to date.");
     }
     let metrics = Metrics::new();
+    // The same counters through OpenTelemetry, when `[telemetry]` exports metrics.
+    crate::telemetry::bridge(&metrics);
     let api = config.admin_api_client()?;
     let stages = config.stages(api.clone(), metrics.clone(), Some(&config.data_path(&config.detect.state_file)))?;
     let detector = stages.detector.clone();

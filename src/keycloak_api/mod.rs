@@ -20,6 +20,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::directory::model::{ClientRep, RealmRep, UserRep};
 pub use config::AdminApiOptions;
@@ -73,6 +74,8 @@ struct Breaker {
 pub struct AdminApi {
     http: reqwest::Client,
     base: String,
+    /// `server.address` of the trace spans.
+    host: String,
     opts: AdminApiOptions,
     secret: Vec<u8>,
     token: tokio::sync::Mutex<Option<(String, Instant)>>,
@@ -94,8 +97,10 @@ impl AdminApi {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
         }
         let rps = NonZeroU32::new(opts.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let host = reqwest::Url::parse(&base).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
         Ok(AdminApi {
             http: http.build()?,
+            host,
             base,
             secret,
             token: tokio::sync::Mutex::new(None),
@@ -169,7 +174,7 @@ impl AdminApi {
         for (k, v) in filters {
             path.push_str(&format!("&{k}={}", urlencoding::encode(v)));
         }
-        match self.get::<Vec<Value>>(&path).await? {
+        match self.get::<Vec<Value>>(if admin { "/admin/realms/{realm}/admin-events" } else { "/admin/realms/{realm}/events" }, &path).await? {
             Some(v) => Ok(v),
             None => Err(ApiError::Unavailable(format!("realm {realm} not found (HTTP 404 on {path})"))),
         }
@@ -181,7 +186,7 @@ impl AdminApi {
         let page = 100;
         loop {
             let path = format!("/admin/realms/{}/clients?first={}&max={page}", urlencoding::encode(realm), out.len());
-            let batch: Vec<ClientRep> = self.get(&path).await?.unwrap_or_default();
+            let batch: Vec<ClientRep> = self.get("/admin/realms/{realm}/clients", &path).await?.unwrap_or_default();
             let n = batch.len();
             out.extend(batch.into_iter().map(|mut c| {
                 c.secret = None;
@@ -199,7 +204,7 @@ impl AdminApi {
         let page = 200;
         loop {
             let path = format!("/admin/realms/{}/users?first={}&max={page}&briefRepresentation=false", urlencoding::encode(realm), out.len());
-            let batch: Vec<UserRep> = self.get(&path).await?.unwrap_or_default();
+            let batch: Vec<UserRep> = self.get("/admin/realms/{realm}/users", &path).await?.unwrap_or_default();
             let n = batch.len();
             out.extend(batch);
             if n < page {
@@ -210,7 +215,7 @@ impl AdminApi {
 
     /// A realm's client scopes (`None` when the endpoint is not there).
     pub async fn client_scopes(&self, realm: &str) -> Result<Option<Vec<crate::directory::model::ClientScopeRep>>, ApiError> {
-        self.get(&format!("/admin/realms/{}/client-scopes", urlencoding::encode(realm))).await
+        self.get("/admin/realms/{realm}/client-scopes", &format!("/admin/realms/{}/client-scopes", urlencoding::encode(realm))).await
     }
 
     /// Cache with coalescing: concurrent callers of one key share one request.
@@ -222,25 +227,25 @@ impl AdminApi {
     async fn fetch(&self, key: &Key) -> Result<Fetched, ApiError> {
         let enc = |s: &str| urlencoding::encode(s).into_owned();
         match key {
-            Key::Realms => Ok(self.get::<Vec<RealmRep>>("/admin/realms").await?.map(|r| Fetched::Realms(Arc::new(r))).unwrap_or(Fetched::NotFound)),
+            Key::Realms => Ok(self.get::<Vec<RealmRep>>("/admin/realms", "/admin/realms").await?.map(|r| Fetched::Realms(Arc::new(r))).unwrap_or(Fetched::NotFound)),
             Key::Client(realm, client_id) => {
-                let list: Option<Vec<ClientRep>> = self.get(&format!("/admin/realms/{}/clients?clientId={}", enc(realm), enc(client_id))).await?;
+                let list: Option<Vec<ClientRep>> = self.get("/admin/realms/{realm}/clients", &format!("/admin/realms/{}/clients?clientId={}", enc(realm), enc(client_id))).await?;
                 // `clientId=` is an exact match unless `search=true`; still, check.
                 Ok(list.and_then(|l| l.into_iter().find(|c| c.client_id.as_deref() == Some(client_id))).map(without_secret).unwrap_or(Fetched::NotFound))
             }
             Key::ClientUuid(realm, uuid) => {
-                let c: Option<ClientRep> = self.get(&format!("/admin/realms/{}/clients/{}", enc(realm), enc(uuid))).await?;
+                let c: Option<ClientRep> = self.get("/admin/realms/{realm}/clients/{id}", &format!("/admin/realms/{}/clients/{}", enc(realm), enc(uuid))).await?;
                 Ok(c.map(without_secret).unwrap_or(Fetched::NotFound))
             }
             Key::User(realm, id) => {
-                let u: Option<UserRep> = self.get(&format!("/admin/realms/{}/users/{}", enc(realm), enc(id))).await?;
+                let u: Option<UserRep> = self.get("/admin/realms/{realm}/users/{id}", &format!("/admin/realms/{}/users/{}", enc(realm), enc(id))).await?;
                 match u {
                     Some(u) => Ok(Fetched::User(Arc::new(self.with_roles(realm, u).await?))),
                     None => Ok(Fetched::NotFound),
                 }
             }
             Key::Username(realm, name) => {
-                let l: Option<Vec<UserRep>> = self.get(&format!("/admin/realms/{}/users?username={}&exact=true", enc(realm), enc(name))).await?;
+                let l: Option<Vec<UserRep>> = self.get("/admin/realms/{realm}/users", &format!("/admin/realms/{}/users?username={}&exact=true", enc(realm), enc(name))).await?;
                 match l.and_then(|l| l.into_iter().find(|u| u.username.as_deref().map(str::to_lowercase).as_deref() == Some(name.as_str()))) {
                     Some(u) => Ok(Fetched::User(Arc::new(self.with_roles(realm, u).await?))),
                     None => Ok(Fetched::NotFound),
@@ -255,7 +260,7 @@ impl AdminApi {
         }
         let Some(id) = u.id.clone() else { return Ok(u) };
         let enc = |s: &str| urlencoding::encode(s).into_owned();
-        if let Some(m) = self.get::<Value>(&format!("/admin/realms/{}/users/{}/role-mappings", enc(realm), enc(&id))).await? {
+        if let Some(m) = self.get::<Value>("/admin/realms/{realm}/users/{id}/role-mappings", &format!("/admin/realms/{}/users/{}/role-mappings", enc(realm), enc(&id))).await? {
             let names = |v: &Value| v.as_array().map(|a| a.iter().filter_map(|r| r["name"].as_str().map(str::to_string)).collect::<Vec<_>>()).unwrap_or_default();
             u.realm_roles = names(&m["realmMappings"]);
             if let Some(cm) = m["clientMappings"].as_object() {
@@ -264,25 +269,31 @@ impl AdminApi {
                 }
             }
         }
-        if let Some(groups) = self.get::<Vec<Value>>(&format!("/admin/realms/{}/users/{}/groups", enc(realm), enc(&id))).await? {
+        if let Some(groups) = self.get::<Vec<Value>>("/admin/realms/{realm}/users/{id}/groups", &format!("/admin/realms/{}/users/{}/groups", enc(realm), enc(&id))).await? {
             u.groups = groups.iter().filter_map(|g| g["path"].as_str().map(str::to_string)).collect();
         }
         Ok(u)
     }
 
     /// One GET with rate limit, breaker, token and one retry after a 401. `Ok(None)` is a 404.
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ApiError> {
+    /// `route` is the path's template (`/admin/realms/{realm}/users/{id}`), for the trace span.
+    async fn get<T: DeserializeOwned>(&self, route: &'static str, path: &str) -> Result<Option<T>, ApiError> {
         self.breaker_check()?;
         self.limiter.until_ready().await;
         let mut refreshed = false;
         loop {
             let token = self.token(refreshed).await?;
             let url = format!("{}{}", self.base, path);
-            let resp = match self.http.get(&url).bearer_auth(&token).send().await {
+            let span = self.call_span("GET", route, path);
+            let resp = match self.http.get(&url).bearer_auth(&token).send().instrument(span.clone()).await {
                 Ok(r) => r,
-                Err(e) => return Err(self.failed(format!("GET {path}: {}", describe(&e)))),
+                Err(e) => {
+                    span.record("error.type", error_type(&e));
+                    return Err(self.failed(format!("GET {path}: {}", describe(&e))));
+                }
             };
             let status = resp.status();
+            span.record("http.response.status_code", status.as_u16());
             if status == reqwest::StatusCode::UNAUTHORIZED && !refreshed {
                 refreshed = true;
                 continue;
@@ -316,8 +327,14 @@ impl AdminApi {
         let url = format!("{}/realms/{}/protocol/openid-connect/token", self.base, urlencoding::encode(&self.opts.auth_realm));
         let secret = String::from_utf8_lossy(&self.secret).into_owned();
         let form = [("grant_type", "client_credentials"), ("client_id", self.opts.client_id.as_str()), ("client_secret", secret.as_str())];
-        let resp = self.http.post(&url).form(&form).send().await.map_err(|e| self.failed(format!("token request: {}", describe(&e))))?;
+        let route = "/realms/{realm}/protocol/openid-connect/token";
+        let span = self.call_span("POST", route, &url[self.base.len()..]);
+        let resp = self.http.post(&url).form(&form).send().instrument(span.clone()).await.map_err(|e| {
+            span.record("error.type", error_type(&e));
+            self.failed(format!("token request: {}", describe(&e)))
+        })?;
         let status = resp.status();
+        span.record("http.response.status_code", status.as_u16());
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::BAD_REQUEST {
             self.failed(format!("token request: HTTP {status}"));
             return Err(ApiError::Unauthorized(format!("token request for client {} in realm {}: HTTP {status}", self.opts.client_id, self.opts.auth_realm)));
@@ -332,6 +349,29 @@ impl AdminApi {
         let early = (lifetime / 5).max(5).min(lifetime);
         *guard = Some((token.clone(), Instant::now() + Duration::from_secs(lifetime - early)));
         Ok(token)
+    }
+
+    /// The client span of one admin-API request, a child of the current span (enrichment or a poll
+    /// round; none outside a trace, so background calls do not start traces of their own). Method,
+    /// route template, the URL without its query (it can name users) and the status; the bearer token
+    /// and the client secret are never recorded.
+    fn call_span(&self, method: &'static str, route: &'static str, path: &str) -> tracing::Span {
+        if tracing::Span::current().is_disabled() {
+            return tracing::Span::none();
+        }
+        let path = path.split('?').next().unwrap_or_default();
+        tracing::info_span!(
+            target: "kcaudit_otel",
+            "admin_api.request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "client",
+            http.request.method = method,
+            http.route = route,
+            url.full = %format_args!("{}{path}", self.base),
+            server.address = self.host.as_str(),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        )
     }
 
     fn breaker_check(&self) -> Result<(), ApiError> {
@@ -372,6 +412,17 @@ impl AdminApi {
 fn without_secret(mut c: ClientRep) -> Fetched {
     c.secret = None;
     Fetched::Client(Arc::new(c))
+}
+
+/// `error.type` of a request that got no response (semantic conventions: a short, low-cardinality name).
+fn error_type(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "request"
+    }
 }
 
 fn describe(e: &reqwest::Error) -> String {

@@ -28,6 +28,8 @@ use crate::enrich::Enricher;
 use crate::event::{AuditEvent, Origin, Warning};
 use crate::metrics::{reason_label, Metrics};
 use crate::sinks::{spawn_sink, BatchOptions, RetryOptions, Sink, SinkItem};
+use crate::telemetry::TraceParent;
+use tracing::Instrument;
 use ack::AckGroup;
 use dedup::{Dedup, Verdict};
 
@@ -176,6 +178,9 @@ struct Submission {
     items: Vec<Item>,
     source: &'static str,
     keep_events: bool,
+    /// The submitting request's or batch's span: the stage spans and every sink's delivery span are
+    /// its children, though they run in other tasks.
+    trace: TraceParent,
     reply: oneshot::Sender<Result<BatchReport, PipelineError>>,
 }
 
@@ -191,9 +196,12 @@ pub struct PipelineHandle {
 impl PipelineHandle {
     fn submission(&self, items: Vec<Item>, source: &'static str, keep_events: bool) -> (Submission, oneshot::Receiver<Result<BatchReport, PipelineError>>) {
         let (reply, rx) = oneshot::channel();
-        (Submission { items, source, keep_events, reply }, rx)
+        (Submission { items, source, keep_events, trace: TraceParent::current(), reply }, rx)
     }
 
+    /// The caller's current span (a webhook request, a Kafka batch) becomes the parent of the
+    /// pipeline's spans for this batch, with `[telemetry]` on.
+    ///
     /// Submit without waiting for queue space: `Overloaded` when the queue is full (the webhook turns
     /// that into 503 + Retry-After). Resolves when every event is delivered or dead-lettered.
     pub async fn try_submit(&self, items: Vec<Item>, source: &'static str) -> Result<BatchReport, PipelineError> {
@@ -345,11 +353,16 @@ impl Central {
         }
     }
 
+    /// One span per stage and batch (never per event): dedup, enrich, detect; the sink drivers add
+    /// their delivery spans under the same parent.
     async fn process(&self, sub: Submission) {
         let m = &self.metrics;
+        let trace = sub.trace;
         let mut reports = Vec::with_capacity(sub.items.len());
         let mut dead = Vec::new();
         let mut fresh: Vec<(usize, Box<AuditEvent>)> = Vec::new();
+        let dedup_span = crate::child_span!(&trace, "dedup", kcaudit.source = sub.source, kcaudit.records = sub.items.len(), kcaudit.accepted = tracing::field::Empty);
+        let in_dedup = dedup_span.enter();
         for item in sub.items {
             m.received.with_label_values(&[sub.source]).inc();
             match item.decoded {
@@ -407,19 +420,27 @@ impl Central {
                 }
             }
         }
+        dedup_span.record("kcaudit.accepted", fresh.len());
+        drop(in_dedup);
+        drop(dedup_span);
         if let Some(en) = &self.enricher {
             let mut refs: Vec<&mut AuditEvent> = Vec::with_capacity(fresh.len());
             for (_, e) in fresh.iter_mut() {
                 refs.push(e);
             }
-            en.enrich_all(refs).await;
+            // The admin-API calls made while enriching are children of this span.
+            let span = crate::child_span!(&trace, "enrich", kcaudit.events = refs.len());
+            en.enrich_all(refs).instrument(span).await;
         }
         if let Some(d) = &self.detector {
+            let span = crate::child_span!(&trace, "detect", kcaudit.events = fresh.len(), kcaudit.findings = tracing::field::Empty);
+            let _in = span.enter();
             let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
             for (_, e) in fresh.iter_mut() {
                 d.process(e);
             }
             d.persist(false);
+            span.record("kcaudit.findings", fresh.iter().map(|(_, e)| e.findings.len()).sum::<usize>());
         }
         let accepted: Vec<(usize, Arc<AuditEvent>)> = fresh
             .into_iter()
@@ -470,7 +491,7 @@ impl Central {
         for (k, (_, ev)) in accepted.into_iter().enumerate() {
             for (name, tx) in &self.sinks {
                 // A closed sink channel drops the item, whose token then resolves as a failure.
-                let _ = tx.send(SinkItem { event: ev.clone(), ack: group.token(k, name) }).await;
+                let _ = tx.send(SinkItem { event: ev.clone(), ack: group.token(k, name), trace: trace.clone() }).await;
             }
         }
     }

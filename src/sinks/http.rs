@@ -292,4 +292,8 @@ impl HttpSink {
     }
 }
 
-super::routed_sink!(HttpSink);
+super::routed_sink!(HttpSink, |s: &HttpSink| {
+    // The host only: a URL's path or query may carry a token.
+    let host = reqwest::Url::parse(&s.opts.url).ok().and_then(|u| u.host_str().map(str::to_string));
+    host.map(|h| vec![("server.address", h)]).unwrap_or_default()
+});

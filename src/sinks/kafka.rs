@@ -202,4 +202,4 @@ fn transient(e: &KafkaError) -> bool {
     }
 }
 
-super::routed_sink!(KafkaSink);
+super::routed_sink!(KafkaSink, |s: &KafkaSink| vec![("messaging.system", "kafka".to_string()), ("messaging.destination.name", s.opts.topic.clone())]);

@@ -37,6 +37,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterStore, Stage};
 use crate::event::AuditEvent;
 use crate::metrics::Metrics;
 use crate::pipeline::ack::{AckToken, SinkResult};
+use crate::telemetry::TraceParent;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -95,6 +96,11 @@ pub trait Sink: Send + 'static {
     fn accepts(&self, _event: &AuditEvent) -> bool {
         true
     }
+    /// OpenTelemetry attributes naming the destination on delivery spans (`db.system.name`,
+    /// `messaging.system`, `server.address`, ...): constants only, never credentials.
+    fn otel_attributes(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     /// Called once when the pipeline shuts down, after the last batch.
     fn close<'a>(&'a mut self) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async { Ok(()) })
@@ -106,7 +112,15 @@ pub trait Sink: Send + 'static {
 /// network sink, so the trait wiring is written once.
 macro_rules! routed_sink {
     ($t:ty) => {
+        $crate::sinks::routed_sink!($t, |_s: &$t| Vec::new());
+    };
+    // With the OpenTelemetry attributes of its delivery spans.
+    ($t:ty, $otel:expr) => {
         impl $crate::sinks::Sink for $t {
+            fn otel_attributes(&self) -> Vec<(&'static str, String)> {
+                ($otel)(self)
+            }
+
             fn name(&self) -> &str {
                 &self.name
             }
@@ -176,6 +190,8 @@ impl RetryOptions {
 pub struct SinkItem {
     pub event: Arc<AuditEvent>,
     pub ack: AckToken,
+    /// The span of the request or batch the event came in with (untraced: no allocation).
+    pub trace: TraceParent,
 }
 
 /// Start a sink's driver task; returns the sender the pipeline feeds and the task handle (which ends
@@ -235,8 +251,59 @@ async fn run_sink(
     }
 }
 
+/// The delivery spans of one batch: one per distinct originating request or batch among its events,
+/// each a child of that origin and each covering the whole write (retries and dead-lettering
+/// included). A batch mixes events of many requests; one span per origin keeps every request's trace
+/// complete on its own (the alternative, one span per batch with links, leaves each request's tree
+/// without its delivery). The count is bounded by the batch size and is usually one or a few; an
+/// untraced batch creates nothing.
+struct DeliverySpans(Vec<(opentelemetry::trace::SpanId, tracing::Span)>);
+
+impl DeliverySpans {
+    fn start(sink: &dyn Sink, name: &str, items: &[SinkItem]) -> DeliverySpans {
+        let mut spans: Vec<(opentelemetry::trace::SpanId, tracing::Span)> = Vec::new();
+        for it in items {
+            let Some(id) = it.trace.span_id() else { continue };
+            if spans.iter().any(|(s, _)| *s == id) {
+                continue;
+            }
+            let span = crate::child_span!(
+                &it.trace,
+                "sink.deliver",
+                otel.name = %format_args!("deliver {name}"),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                kcaudit.sink = name,
+                kcaudit.events = items.iter().filter(|i| i.trace.span_id() == Some(id)).count(),
+                kcaudit.batch_events = items.len(),
+                kcaudit.attempts = tracing::field::Empty,
+                kcaudit.dead_lettered = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            );
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            for (k, v) in sink.otel_attributes() {
+                span.set_attribute(k, v);
+            }
+            spans.push((id, span));
+        }
+        DeliverySpans(spans)
+    }
+
+    fn finish(self, attempts: u32, dead_lettered: usize, error: Option<&'static str>) {
+        for (_, s) in self.0 {
+            s.record("kcaudit.attempts", attempts);
+            s.record("kcaudit.dead_lettered", dead_lettered);
+            if let Some(e) = error {
+                s.record("error.type", e);
+                s.record("otel.status_code", "ERROR");
+            }
+        }
+    }
+}
+
 /// Write one batch with retries; every item's token is resolved before this returns.
 async fn deliver(sink: &mut dyn Sink, name: &str, items: Vec<SinkItem>, retry: &RetryOptions, dlq: &DeadLetterStore, metrics: &Metrics) {
+    let spans = DeliverySpans::start(sink, name, &items);
     let mut pending: Vec<SinkItem> = items;
     let mut refused: Vec<(SinkItem, String)> = Vec::new();
     let mut attempt = 0u32;
@@ -296,6 +363,7 @@ async fn deliver(sink: &mut dyn Sink, name: &str, items: Vec<SinkItem>, retry: &
         }
     }
     if refused.is_empty() {
+        spans.finish(attempt, 0, None);
         return;
     }
     let records: Vec<DeadLetter> = refused
@@ -306,8 +374,10 @@ async fn deliver(sink: &mut dyn Sink, name: &str, items: Vec<SinkItem>, retry: &
             d
         })
         .collect();
+    let dead_lettered = refused.len();
     match dlq.append(records).await {
         Ok(()) => {
+            spans.finish(attempt, dead_lettered, Some("dead_lettered"));
             for (item, reason) in refused {
                 metrics.dead_lettered.with_label_values(&[Stage::Sink.name(), name]).inc();
                 tracing::error!(sink = %name, event_id = %item.event.id, reason = %reason, "Event dead-lettered by sink.");
@@ -315,6 +385,7 @@ async fn deliver(sink: &mut dyn Sink, name: &str, items: Vec<SinkItem>, retry: &
             }
         }
         Err(e) => {
+            spans.finish(attempt, 0, Some("dead_letter_store_failed"));
             for (item, reason) in refused {
                 tracing::error!(sink = %name, event_id = %item.event.id, error = %e, "Dead-letter store unavailable; event NOT acknowledged.");
                 item.ack.resolve(SinkResult::Failed(format!("{reason}; and the dead-letter store failed: {e}")));

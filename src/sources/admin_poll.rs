@@ -163,7 +163,14 @@ impl Poller {
                 }
                 let key = format!("{realm}/{}", if admin { "admin-events" } else { "events" });
                 let mut sc = cursor.streams.get(&key).cloned().unwrap_or(StreamCursor { high_water_ms: self.opts.start_ms, recent: BTreeMap::new() });
-                let c = self.poll_stream(realm, admin, &mut sc).await?;
+                // One trace per stream and round: the admin-API pages, then the pipeline's stages.
+                let span = tracing::info_span!(
+                    target: "kcaudit_otel",
+                    "admin_poll.batch",
+                    kcaudit.realm = realm.as_str(),
+                    kcaudit.stream = if admin { "admin-events" } else { "events" },
+                );
+                let c = tracing::Instrument::instrument(self.poll_stream(realm, admin, &mut sc), span).await?;
                 total.fetched += c.fetched;
                 total.new += c.new;
                 cursor.streams.insert(key, sc);

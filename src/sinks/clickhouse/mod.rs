@@ -325,6 +325,10 @@ impl Sink for ClickHouseSink {
         &self.name
     }
 
+    fn otel_attributes(&self) -> Vec<(&'static str, String)> {
+        vec![("db.system", "clickhouse".into()), ("db.system.name", "clickhouse".into()), ("db.collection.name", self.table.clone())]
+    }
+
     fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
         Box::pin(self.write_batch(events))
     }

@@ -463,6 +463,35 @@ fn measure_lag(consumer: &StreamConsumer<RebalanceContext>, shared: &Shared) {
 
 /// Wait for a batch's report, resubmit records whose events failed outright, then mark the records done.
 async fn complete(pipeline: PipelineHandle, items: Vec<Item>, slots: Vec<RecordSlot>, shared: Arc<Shared>, backoff: Duration) {
+    // One trace per poll batch (not per record): the pipeline's stages and deliveries are its children.
+    let span = tracing::info_span!(
+        target: "kcaudit_otel",
+        "kafka.batch",
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = %BatchTopics(&slots),
+        messaging.batch.message_count = slots.len(),
+    );
+    tracing::Instrument::instrument(complete_batch(pipeline, items, slots, shared, backoff), span).await
+}
+
+/// The distinct topics of a batch, comma-separated (usually one), for the batch span.
+struct BatchTopics<'a>(&'a [RecordSlot]);
+
+impl std::fmt::Display for BatchTopics<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut seen: Vec<&str> = Vec::new();
+        for s in self.0 {
+            if !seen.contains(&s.tp.0.as_str()) {
+                seen.push(&s.tp.0);
+            }
+        }
+        f.write_str(&seen.join(","))
+    }
+}
+
+async fn complete_batch(pipeline: PipelineHandle, items: Vec<Item>, slots: Vec<RecordSlot>, shared: Arc<Shared>, backoff: Duration) {
     let mut pending_items = items;
     let mut pending_slots = slots;
     loop {

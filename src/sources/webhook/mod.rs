@@ -33,6 +33,8 @@ use axum::Router;
 use chrono::Utc;
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::dead_letter::{DeadLetter, Stage};
 use crate::decode::{Context, Decoded, DecodeOptions};
@@ -145,18 +147,48 @@ fn error_response(status: StatusCode, request_id: &str, message: &str) -> Respon
 async fn ingest(State(s): State<Arc<WebhookState>>, req: Request) -> Response {
     let started = Instant::now();
     let route_label = req.uri().path().to_string();
-    let resp = ingest_inner(&s, req).await;
-    let status = resp.status().as_u16().to_string();
-    s.pipeline.metrics.requests.with_label_values(&[&status]).inc();
     // Label by route only for known routes, so scanners cannot explode the label set.
     let label = if s.routes.resolve(&route_label).is_ok() { route_label.as_str() } else { "other" };
-    s.pipeline.metrics.request_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    let method = req.method().clone();
+    // The trace root (disabled at no cost when telemetry is off). Attributes are the route template
+    // and method only: never headers, query strings or the body (signatures and tokens live there).
+    let span = tracing::info_span!(
+        target: "kcaudit_otel",
+        "webhook.request",
+        otel.name = %format_args!("{method} {label}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = label,
+        http.response.status_code = Empty,
+        error.type = Empty,
+        kcaudit.request_id = Empty,
+        kcaudit.records = Empty,
+    );
+    if !span.is_disabled() {
+        // W3C traceparent/tracestate: the request continues its sender's trace.
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let _ = span.set_parent(crate::telemetry::extract(req.headers()));
+    }
+    let resp = ingest_inner(&s, req).instrument(span.clone()).await;
+    let code = resp.status().as_u16();
+    span.record("http.response.status_code", code);
+    if code >= 500 {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", code);
+    }
+    let status = code.to_string();
+    s.pipeline.metrics.requests.with_label_values(&[&status]).inc();
+    let seconds = started.elapsed().as_secs_f64();
+    s.pipeline.metrics.request_seconds.with_label_values(&[label]).observe(seconds);
+    crate::telemetry::record_request(seconds, method.as_str(), label, code);
     resp
 }
 
 async fn ingest_inner(s: &WebhookState, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let rid = request_id.as_str();
+    tracing::Span::current().record("kcaudit.request_id", rid);
     if s.pipeline.is_closing() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, rid, "kcaudit is shutting down");
     }
@@ -184,7 +216,19 @@ async fn ingest_inner(s: &WebhookState, req: Request) -> Response {
     let ctx = Context { opts: &s.decode, tz: s.tz, deliveries: None, lines_may_be_noise: false };
     let headers: &HeaderMap = &parts.headers;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let mut items = match s.routes.process(parts.method.as_str(), &path, header, &body, &origin, &ctx) {
+    let decode_span = tracing::info_span!(target: "kcaudit_otel", "decode", kcaudit.body_bytes = body.len(), kcaudit.records = Empty, error.type = Empty);
+    let decoded = decode_span.in_scope(|| s.routes.process(parts.method.as_str(), &path, header, &body, &origin, &ctx));
+    match &decoded {
+        Ok(items) => {
+            decode_span.record("kcaudit.records", items.len());
+            tracing::Span::current().record("kcaudit.records", items.len());
+        }
+        Err(e) => {
+            decode_span.record("error.type", e.status());
+        }
+    }
+    drop(decode_span);
+    let mut items = match decoded {
         Ok(items) => items,
         Err(e) => {
             if let DeliveryError::Unauthorized(_) = e {
