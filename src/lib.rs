@@ -24,6 +24,7 @@
 //! - [`spool`]: the optional durable ingest spool (webhook → disk with group commit → pipeline).
 //! - [`dead_letter`]: the durable store for everything that could not be delivered.
 //! - [`config`]: the TOML configuration (every option defaulted, unknown keys refused).
+//! - [`reload`]: hot reload on SIGHUP or a file change (validate fully, then swap between batches).
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`loadgen`]: `kcaudit loadgen`, repeatable token-exchange traffic for benchmarks (loopback only).
 //! - [`server`]: assembles a running instance; [`cli`]: the `kcaudit` command line; [`schema`]: JSON Schemas.
@@ -41,6 +42,7 @@ pub mod event;
 pub mod metrics;
 pub mod pipeline;
 pub mod realm_audit;
+pub mod reload;
 pub mod schema;
 pub mod server;
 pub mod sinks;
