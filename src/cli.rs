@@ -30,7 +30,14 @@ pub struct ConfigArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the webhook listener and deliver events to the configured sinks until SIGINT/SIGTERM.
-    Serve(ConfigArgs),
+    /// SIGHUP reloads the configuration (rules, routes, enrichment, sinks; see README "Hot reload").
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Reload when the --config file changes (same as --set reload.watch=true).
+        #[arg(long)]
+        watch_config: bool,
+    },
     /// Run recorded files through the pipeline and print normalised events as JSON lines.
     Replay {
         #[command(flatten)]
@@ -324,7 +331,14 @@ pub fn main() -> ExitCode {
             let args = action.config_args().clone();
             with_config(&args, |c| crate::dead_letter::workflow::run(c, action))
         }
-        Command::Serve(args) => run_configured(&args, true, |c| runtime()?.block_on(serve(c))),
+        Command::Serve { config: mut args, watch_config } => {
+            if watch_config {
+                // As an override, so every reload re-applies it like the other --set values.
+                args.set.push("reload.watch=true".into());
+            }
+            let (file, sets) = (args.config.clone(), args.set.clone());
+            run_configured(&args, true, |c| runtime()?.block_on(serve(c, file, sets)))
+        }
         Command::Replay { mut config, format, out, report, directory, realm_export, state, fail_on_reject, quiet, to_sinks, inputs } => {
             if let Some(d) = directory {
                 config.set.push(format!("enrich.directory={:?}", d.display().to_string()));
@@ -514,8 +528,10 @@ fn init_logging(c: &Config, telemetry: bool) -> Result<(), crate::telemetry::Tel
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+async fn serve(config: Config, file: Option<PathBuf>, sets: Vec<String>) -> anyhow::Result<ExitCode> {
     let running = crate::server::start(&config).await?;
+    // Reloads run beside the instance and stop with it.
+    let reloads = tokio::spawn(running.reloader(file, sets).run());
     match running.webhook_addr {
         Some(addr) => tracing::info!(
             listen = %addr,
@@ -528,7 +544,9 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if config.poll.enabled {
         tracing::info!(realms = ?config.poll.realms, every_secs = config.poll.interval_secs, "Polling stored events through the admin API.");
     }
-    running.wait(shutdown_signal()).await?;
+    let stopped = running.wait(shutdown_signal()).await;
+    reloads.abort();
+    stopped?;
     tracing::info!("kcaudit stopped; every accepted event was delivered or dead-lettered.");
     Ok(ExitCode::SUCCESS)
 }

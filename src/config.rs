@@ -49,6 +49,8 @@ pub struct Config {
     /// The durable ingest spool between the webhook and the sinks.
     pub spool: crate::spool::SpoolOptions,
     pub sinks: SinksOptions,
+    /// Hot reload: SIGHUP always re-reads the configuration; `watch` re-reads it when the file changes.
+    pub reload: crate::reload::ReloadOptions,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             dead_letter: DeadLetterOptions::default(),
             spool: Default::default(),
             sinks: SinksOptions::default(),
+            reload: Default::default(),
         }
     }
 }

@@ -24,6 +24,7 @@
 //! - [`spool`]: the optional durable ingest spool (webhook → disk with group commit → pipeline).
 //! - [`dead_letter`]: the durable store for everything that could not be delivered.
 //! - [`config`]: the TOML configuration (every option defaulted, unknown keys refused).
+//! - [`reload`]: hot reload on SIGHUP or a file change (validate fully, then swap between batches).
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`telemetry`]: OpenTelemetry traces and metrics over OTLP (`[telemetry]`, off by default).
 //! - [`loadgen`]: `kcaudit loadgen`, repeatable token-exchange traffic for benchmarks (loopback only).
@@ -42,6 +43,7 @@ pub mod event;
 pub mod metrics;
 pub mod pipeline;
 pub mod realm_audit;
+pub mod reload;
 pub mod schema;
 pub mod server;
 pub mod sinks;

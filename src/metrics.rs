@@ -45,6 +45,18 @@ pub struct Metrics {
     pub dead_letters_replayed: IntCounterVec,
     /// `kcaudit dlq purge`: dead letters marked purged.
     pub dead_letters_purged: IntCounter,
+    /// Configuration reloads (SIGHUP, file watch), by outcome: applied, rejected.
+    pub config_reloads: IntCounterVec,
+    /// The configuration generation in force: 1 at start, +1 per applied reload.
+    pub config_generation: IntGauge,
+    /// Unix time of the last configuration applied (start or reload).
+    pub config_last_applied: IntGauge,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -110,6 +122,9 @@ impl Metrics {
             detect_restore_failures: counter(&r, "kcaudit_detect_state_restore_failures_total", "Partition assignments whose detection state could not be restored (worker role)."),
             dead_letters_replayed: counter_vec(&r, "kcaudit_dead_letters_replayed_total", "Dead letters re-submitted by `kcaudit dlq replay`, by outcome (delivered, failed_again, failed, skipped).", &["outcome"]),
             dead_letters_purged: counter(&r, "kcaudit_dead_letters_purged_total", "Dead letters marked purged by `kcaudit dlq purge`."),
+            config_reloads: counter_vec(&r, "kcaudit_config_reloads_total", "Configuration reloads (SIGHUP, file watch), by outcome (applied, rejected).", &["outcome"]),
+            config_generation: gauge(&r, "kcaudit_config_generation", "The configuration generation in force: 1 at start, one more per applied reload."),
+            config_last_applied: gauge(&r, "kcaudit_config_last_applied_timestamp_seconds", "Unix time the configuration in force was applied (start or reload)."),
             registry: r,
         }
     }

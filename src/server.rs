@@ -20,50 +20,58 @@ pub struct Running {
     sources: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     stop: tokio::sync::watch::Sender<bool>,
     pipeline_owner: Pipeline,
+    /// What a hot reload starts from: the configuration in force and the shared admin API client.
+    config: Config,
+    api: Option<std::sync::Arc<crate::keycloak_api::AdminApi>>,
 }
 
 /// The sinks a config enables.
 pub fn sinks(config: &Config) -> anyhow::Result<Vec<SinkSpec>> {
+    sinks_named(config, |_| true)
+}
+
+/// The enabled sinks whose name `want` takes (a hot reload builds only the sinks that changed).
+pub fn sinks_named(config: &Config, want: impl Fn(&str) -> bool) -> anyhow::Result<Vec<SinkSpec>> {
     let mut sinks = Vec::new();
     let a = &config.sinks.audit_log;
-    if a.enabled {
+    if a.enabled && want("audit_log") {
         let path = config.data_path(&a.path);
         sinks.push(SinkSpec { sink: Box::new(FileSink::open("audit_log", &path, a)?), batch: a.batch.clone(), retry: a.retry.clone() });
     }
     let s = &config.sinks.stdout;
-    if s.enabled {
+    if s.enabled && want("stdout") {
         sinks.push(SinkSpec { sink: Box::new(StdoutSink { format: s.format }), batch: s.batch.clone(), retry: s.retry.clone() });
     }
     let c = &config.sinks.clickhouse;
-    if c.enabled {
+    if c.enabled && want("clickhouse") {
         sinks.push(SinkSpec { sink: Box::new(ClickHouseSink::new("clickhouse", c)?), batch: c.batch.clone(), retry: c.retry.clone() });
     }
     let h = &config.sinks.splunk_hec;
-    if h.enabled {
+    if h.enabled && want("splunk_hec") {
         sinks.push(SinkSpec { sink: Box::new(crate::sinks::splunk_hec::SplunkHecSink::new("splunk_hec", h)?), batch: h.batch.clone(), retry: h.retry.clone() });
     }
     let es = &config.sinks.elasticsearch;
-    if es.enabled {
+    if es.enabled && want("elasticsearch") {
         sinks.push(SinkSpec { sink: Box::new(crate::sinks::elasticsearch::ElasticsearchSink::new("elasticsearch", es)?), batch: es.batch.clone(), retry: es.retry.clone() });
     }
     let az = &config.sinks.sentinel;
-    if az.enabled {
+    if az.enabled && want("sentinel") {
         sinks.push(SinkSpec { sink: Box::new(crate::sinks::sentinel::SentinelSink::new("sentinel", az)?), batch: az.batch.clone(), retry: az.retry.clone() });
     }
     let k = &config.sinks.kafka;
-    if k.enabled {
+    if k.enabled && want("kafka") {
         sinks.push(SinkSpec { sink: Box::new(crate::sinks::kafka::KafkaSink::new("kafka", k)?), batch: k.batch.clone(), retry: k.retry.clone() });
     }
-    for h in config.sinks.http.iter().filter(|h| h.enabled) {
+    for h in config.sinks.http.iter().filter(|h| h.enabled && want(&h.name)) {
         sinks.push(SinkSpec { sink: Box::new(crate::sinks::http::HttpSink::new(h)?), batch: h.batch.clone(), retry: h.retry.clone() });
     }
     let l = &config.sinks.syslog;
-    if l.enabled {
+    if l.enabled && want("syslog") {
         let format = crate::sinks::syslog::formatter(l);
         sinks.push(SinkSpec { sink: Box::new(crate::sinks::syslog::SyslogSink::new("syslog", l, format)?), batch: l.batch.clone(), retry: l.retry.clone() });
     }
     let b = &config.sinks.blackhole;
-    if b.enabled {
+    if b.enabled && want("blackhole") {
         sinks.push(SinkSpec { sink: Box::new(crate::sinks::blackhole::BlackholeSink), batch: b.batch.clone(), retry: b.retry.clone() });
     }
     Ok(sinks)
@@ -79,6 +87,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     // The same counters through OpenTelemetry, when `[telemetry]` exports metrics.
     crate::telemetry::bridge(&metrics);
+    metrics.config_generation.set(1);
+    metrics.config_last_applied.set(chrono::Utc::now().timestamp());
     let api = config.admin_api_client()?;
     let stages = config.stages(api.clone(), metrics.clone(), Some(&config.data_path(&config.detect.state_file)))?;
     let detector = stages.detector.clone();
@@ -116,7 +126,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
     }
     if config.poll.enabled {
-        let api = api.ok_or_else(|| anyhow::anyhow!("poll.enabled needs [admin_api] url"))?;
+        let api = api.clone().ok_or_else(|| anyhow::anyhow!("poll.enabled needs [admin_api] url"))?;
         let poller = crate::sources::admin_poll::Poller {
             api,
             opts: config.poll.clone(),
@@ -137,10 +147,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
         sources.push(("kafka", tokio::spawn(source.run(pipeline.handle(), stopped()))));
     }
-    Ok(Running { webhook_addr, pipeline: pipeline.handle(), sources, stop, pipeline_owner: pipeline })
+    Ok(Running { webhook_addr, pipeline: pipeline.handle(), sources, stop, pipeline_owner: pipeline, config: config.clone(), api })
 }
 
 impl Running {
+    /// The hot-reload handle: re-reads `file` with the same `sets` the running config came from.
+    pub fn reloader(&self, file: Option<std::path::PathBuf>, sets: Vec<String>) -> crate::reload::Reloader {
+        crate::reload::Reloader::new(file, sets, self.config.clone(), self.api.clone(), self.pipeline_owner.control(), self.pipeline.metrics.clone())
+    }
+
     /// Run until `signal`, then shut down gracefully: stop the sources (the webhook drains in-flight
     /// requests for up to `webhook.shutdown_grace_secs`), then flush the sinks.
     pub async fn wait(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {

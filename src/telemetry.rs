@@ -446,6 +446,9 @@ pub const BRIDGED: &[(&str, &str, &str)] = &[
     ("kcaudit_detect_state_restore_failures_total", "kcaudit.detect.state.restore_failures", "{failure}"),
     ("kcaudit_dead_letters_replayed_total", "kcaudit.dead_letters.replayed", "{record}"),
     ("kcaudit_dead_letters_purged_total", "kcaudit.dead_letters.purged", "{record}"),
+    ("kcaudit_config_reloads_total", "kcaudit.config.reloads", "{reload}"),
+    ("kcaudit_config_generation", "kcaudit.config.generation", "{generation}"),
+    ("kcaudit_config_last_applied_timestamp_seconds", "kcaudit.config.last_applied", "s"),
 ];
 
 /// A Prometheus label as an OpenTelemetry attribute: semantic-convention names where one fits.

@@ -10,6 +10,17 @@
 //! queue is bounded: a slow sink slows the central stage, which fills the input queue, which makes the
 //! webhook answer 503 (`try_submit`) or makes replay wait (`submit`). Nothing is buffered without
 //! limit.
+//!
+//! ## Reconfiguration (hot reload)
+//!
+//! The central stage takes [`Reconfigure`] commands on a channel of their own, selected alongside
+//! submissions and applied only between batches: a batch is deduplicated, enriched, detected and
+//! fanned out wholly under one generation of rules, routes and sinks. A sink whose options changed is
+//! replaced by starting a new driver and switching the fan-out to it; the old driver's sender is
+//! dropped, so it writes what it already holds (with its old options and retries), dead-letters what
+//! it cannot write, resolves every acknowledgement token it holds, closes and ends. Nothing in flight
+//! is dropped, and a webhook request spanning the switch is answered once both drivers resolved its
+//! events. Every driver handle, old and new, is awaited at shutdown.
 
 pub mod ack;
 pub mod dedup;
@@ -251,11 +262,50 @@ pub struct SinkSpec {
     pub retry: RetryOptions,
 }
 
+/// A new generation of the parts of the pipeline that can change while it runs (hot reload).
+/// Everything here is built and validated before it is sent: applying it cannot fail.
+#[derive(Default)]
+pub struct Reconfigure {
+    /// Sinks to start; a running sink of the same name is retired (drained, flushed, closed).
+    pub start: Vec<SinkSpec>,
+    /// Names of running sinks to retire without a replacement.
+    pub stop: Vec<String>,
+    /// `Some(new)`: replace the enrichment stage (`Some(None)` removes it); `None`: keep it.
+    pub enricher: Option<Option<Arc<Enricher>>>,
+    /// New detection options for the running detector; its state (baselines, windows, the redb
+    /// store or the owned partitions) is kept.
+    pub detect: Option<crate::detect::DetectOptions>,
+}
+
+struct ReconfigureCommand {
+    change: Reconfigure,
+    applied: oneshot::Sender<()>,
+}
+
+/// Sends [`Reconfigure`] commands to the central stage. Holding one does not keep the pipeline alive.
+#[derive(Clone)]
+pub struct PipelineControl {
+    tx: mpsc::UnboundedSender<ReconfigureCommand>,
+}
+
+impl PipelineControl {
+    /// Apply `change` between two batches; resolves once it is in force.
+    pub async fn reconfigure(&self, change: Reconfigure) -> Result<(), PipelineError> {
+        let (applied, rx) = oneshot::channel();
+        self.tx.send(ReconfigureCommand { change, applied }).map_err(|_| PipelineError::ShuttingDown)?;
+        rx.await.map_err(|_| PipelineError::ShuttingDown)
+    }
+}
+
+/// Sink driver tasks, including retired ones still draining; awaited at shutdown.
+type Drivers = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
 /// The running pipeline: the central stage and one driver task per sink.
 pub struct Pipeline {
     handle: PipelineHandle,
+    control: PipelineControl,
     central: tokio::task::JoinHandle<()>,
-    sinks: Vec<tokio::task::JoinHandle<()>>,
+    drivers: Drivers,
 }
 
 impl Pipeline {
@@ -273,40 +323,50 @@ impl Pipeline {
         dedup: &DedupOptions,
         opts: &PipelineOptions,
     ) -> Pipeline {
-        let mut senders = Vec::new();
-        let mut handles = Vec::new();
-        for s in sinks {
-            let name = s.sink.name().to_string();
-            let (tx, h) = spawn_sink(s.sink, s.batch, s.retry, dead_letters.clone(), metrics.clone());
-            senders.push((name, tx));
-            handles.push(h);
-        }
         let (tx, rx) = mpsc::channel(opts.queue_batches.max(1));
-        let central = Central {
-            sinks: senders,
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let mut central = Central {
+            sinks: Vec::new(),
+            drivers: Drivers::default(),
             enricher: stages.enricher,
             detector: stages.detector,
             dedup: dedup.enabled.then(|| Arc::new(Mutex::new(Dedup::new(dedup.window_secs, dedup.max_entries)))),
             dead_letters: dead_letters.clone(),
             metrics: metrics.clone(),
         };
-        let central = tokio::spawn(central.run(rx));
-        Pipeline { handle: PipelineHandle { tx, closing: Arc::new(AtomicBool::new(false)), metrics, dead_letters }, central, sinks: handles }
+        for s in sinks {
+            central.start_sink(s);
+        }
+        let drivers = central.drivers.clone();
+        let central = tokio::spawn(central.run(rx, control_rx));
+        Pipeline {
+            handle: PipelineHandle { tx, closing: Arc::new(AtomicBool::new(false)), metrics, dead_letters },
+            control: PipelineControl { tx: control_tx },
+            central,
+            drivers,
+        }
     }
 
     pub fn handle(&self) -> PipelineHandle {
         self.handle.clone()
     }
 
+    /// The handle that reconfigures the running pipeline (hot reload).
+    pub fn control(&self) -> PipelineControl {
+        self.control.clone()
+    }
+
     /// Finish everything queued, flush and close every sink, then return.
     pub async fn shutdown(self) {
         self.handle.begin_shutdown();
-        let Pipeline { handle, central, sinks } = self;
-        drop(handle);
-        // Sources hold handle clones; the central stage ends when all of them are dropped.
+        let Pipeline { handle, central, drivers, control } = self;
+        drop((handle, control));
+        // Sources hold handle clones; the central stage ends when all of them are dropped, and with it
+        // the senders of every sink driver, which then flush and end.
         let _ = central.await;
-        for s in sinks {
-            let _ = s.await;
+        let drivers = std::mem::take(&mut *drivers.lock().unwrap_or_else(|p| p.into_inner()));
+        for d in drivers {
+            let _ = d.await;
         }
     }
 }
@@ -321,6 +381,7 @@ pub struct Stages {
 
 struct Central {
     sinks: Vec<(String, mpsc::Sender<SinkItem>)>,
+    drivers: Drivers,
     enricher: Option<Arc<Enricher>>,
     detector: Option<Arc<Mutex<Detector>>>,
     dedup: Option<Arc<Mutex<Dedup>>>,
@@ -329,13 +390,63 @@ struct Central {
 }
 
 impl Central {
-    async fn run(self, mut rx: mpsc::Receiver<Submission>) {
-        while let Some(sub) = rx.recv().await {
-            self.process(sub).await;
+    async fn run(mut self, mut rx: mpsc::Receiver<Submission>, mut control: mpsc::UnboundedReceiver<ReconfigureCommand>) {
+        loop {
+            // `process` runs to completion inside one branch, so a reconfiguration always lands
+            // between batches; `biased` applies a pending one before the next batch.
+            tokio::select! {
+                biased;
+                Some(cmd) = control.recv() => {
+                    self.reconfigure(cmd.change);
+                    let _ = cmd.applied.send(());
+                }
+                sub = rx.recv() => match sub {
+                    Some(sub) => self.process(sub).await,
+                    None => break,
+                },
+            }
         }
         if let Some(d) = &self.detector {
             d.lock().unwrap_or_else(|p| p.into_inner()).persist(true);
         }
+    }
+
+    /// Spawn a sink's driver; a running sink of the same name is retired (see [`Central::retire`]).
+    fn start_sink(&mut self, s: SinkSpec) {
+        let name = s.sink.name().to_string();
+        let (tx, h) = spawn_sink(s.sink, s.batch, s.retry, self.dead_letters.clone(), self.metrics.clone());
+        self.drivers.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+        match self.sinks.iter_mut().find(|(n, _)| *n == name) {
+            // Dropping the old sender retires the old driver: it drains what it holds, then ends.
+            Some(slot) => slot.1 = tx,
+            None => self.sinks.push((name, tx)),
+        }
+    }
+
+    /// Stop feeding a sink; its driver drains, flushes and closes on its own (awaited at shutdown).
+    fn retire(&mut self, name: &str) {
+        self.sinks.retain(|(n, _)| n != name);
+    }
+
+    fn reconfigure(&mut self, change: Reconfigure) {
+        for name in &change.stop {
+            self.retire(name);
+        }
+        for s in change.start {
+            self.start_sink(s);
+        }
+        if let Some(e) = change.enricher {
+            self.enricher = e;
+        }
+        if let (Some(opts), Some(d)) = (change.detect, &self.detector) {
+            let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = d.store.as_mut() {
+                s.save_every = opts.state_save_every;
+            }
+            d.opts = opts;
+        }
+        // Drivers that have finished draining need no awaiting at shutdown.
+        self.drivers.lock().unwrap_or_else(|p| p.into_inner()).retain(|h| !h.is_finished());
     }
 
     fn dedup_verdict(&self, ev: &AuditEvent) -> Verdict {

@@ -75,7 +75,24 @@ struct State {
 pub struct FileSink {
     name: String,
     state: Arc<Mutex<State>>,
+    /// This sink's own write options, put into the shared state at each write: after a hot reload
+    /// the retired sink finishes its batches with the old options while the new one uses the new.
+    opts: FileOptions,
 }
+
+#[derive(Clone, Copy)]
+struct FileOptions {
+    fsync: FsyncPolicy,
+    fsync_interval: Duration,
+    rotate_bytes: u64,
+    keep_rotated: usize,
+}
+
+/// Append-mode files open in this process, by path. A hot reload starts a new audit-log sink while
+/// the retired one may still be writing: opening the file afresh would run the torn-tail repair
+/// against a write in progress and keep two views of its size (so rotation would go wrong). Both
+/// sinks share one state instead, serialised by its lock.
+static OPEN_FILES: std::sync::LazyLock<Mutex<std::collections::HashMap<PathBuf, std::sync::Weak<Mutex<State>>>>> = std::sync::LazyLock::new(Default::default);
 
 impl FileSink {
     /// Open for appending (the audit log).
@@ -92,21 +109,30 @@ impl FileSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create directory {}: {e}", dir.display()))?;
         }
+        let opts = FileOptions { fsync, fsync_interval, rotate_bytes, keep_rotated };
+        let mut open = OPEN_FILES.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, s| s.strong_count() > 0);
+        if !truncate {
+            if let Some(state) = open.get(path).and_then(|s| s.upgrade()) {
+                return Ok(FileSink { name: name.to_string(), state, opts });
+            }
+        }
         let file = open_file(path, truncate).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(FileSink {
-            name: name.to_string(),
-            state: Arc::new(Mutex::new(State {
-                path: path.to_path_buf(),
-                file: Some(file),
-                size,
-                last_sync: Instant::now(),
-                fsync,
-                fsync_interval,
-                rotate_bytes,
-                keep_rotated,
-            })),
-        })
+        let state = Arc::new(Mutex::new(State {
+            path: path.to_path_buf(),
+            file: Some(file),
+            size,
+            last_sync: Instant::now(),
+            fsync,
+            fsync_interval,
+            rotate_bytes,
+            keep_rotated,
+        }));
+        if !truncate {
+            open.insert(path.to_path_buf(), Arc::downgrade(&state));
+        }
+        Ok(FileSink { name: name.to_string(), state, opts })
     }
 }
 
@@ -227,9 +253,11 @@ impl Sink for FileSink {
     fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
         let buf = encode_lines(events);
         let state = self.state.clone();
+        let o = self.opts;
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let mut s = state.lock().map_err(|_| SinkError::Permanent("file sink lock poisoned".into()))?;
+                (s.fsync, s.fsync_interval, s.rotate_bytes, s.keep_rotated) = (o.fsync, o.fsync_interval, o.rotate_bytes, o.keep_rotated);
                 let path = s.path.display().to_string();
                 // A failed write may have left a partial line; the file handle is reopened on retry so
                 // the next append starts clean after whatever the OS kept.

@@ -90,8 +90,14 @@ pub async fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 /// Run the `kcaudit serve` binary with `--set` overrides, its diagnostics appended to `log`.
 pub fn spawn_serve(sets: &[String], log: &Path) -> std::process::Child {
+    spawn_serve_args(&[], sets, log)
+}
+
+/// `kcaudit serve ARGS...` with `--set` overrides (e.g. `--config FILE`, `--watch-config`).
+pub fn spawn_serve_args(args: &[&str], sets: &[String], log: &Path) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_kcaudit"))
         .arg("serve")
+        .args(args)
         .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
