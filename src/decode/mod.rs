@@ -14,6 +14,7 @@
 
 pub mod canonical;
 pub mod draft;
+pub mod fast;
 pub mod jboss;
 pub mod json;
 pub mod json_event;
@@ -274,6 +275,24 @@ pub fn decode_record(text: &str, format: Format, origin: &Origin, pre: &[Warning
         }
         return jboss::decode_line(text, origin, pre, ctx, out);
     }
+    if matches!(format, Format::Auto | Format::Keycloak) {
+        if let Some(r) = fast::decode(trimmed, &labelled(origin, Format::Keycloak), pre, ctx.opts) {
+            match r {
+                Ok(ev) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(Box::new(ev)), raw: None }),
+                Err(e) => reject(e, out),
+            }
+            return;
+        }
+    }
+    decode_object(text, trimmed, format, origin, pre, ctx, out)
+}
+
+/// A JSON object through the general mapper: parsed into a `Value` (duplicate keys and trailing bytes
+/// noticed), then routed by its shape.
+fn decode_object(text: &str, trimmed: &str, format: Format, origin: &Origin, pre: &[Warning], ctx: &Context<'_>, out: &mut Vec<Item>) {
+    let reject = |reason: String, out: &mut Vec<Item>| {
+        out.push(Item { origin: labelled(origin, format), decoded: Decoded::Rejected(reason), raw: Some(text.as_bytes().to_vec()) });
+    };
     let parsed = match json::parse(trimmed) {
         Ok(p) => p,
         Err(e) => return reject(e, out),

@@ -6,7 +6,9 @@
 //! bounded in entries, so memory is bounded and a replay of the same input gives the same decisions
 //! regardless of how fast it runs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use ahash::AHashMap;
 
 use crate::event::AuditEvent;
 
@@ -23,7 +25,7 @@ pub enum Verdict {
 pub struct Dedup {
     window_ms: i64,
     max_entries: usize,
-    seen: HashMap<String, (u64, i64)>,
+    seen: AHashMap<String, (u64, i64)>,
     order: VecDeque<(String, i64)>,
     newest_ms: i64,
 }
@@ -33,7 +35,7 @@ impl Dedup {
         Dedup {
             window_ms: (window_secs as i64).saturating_mul(1000),
             max_entries: max_entries.max(1),
-            seen: HashMap::new(),
+            seen: AHashMap::new(),
             order: VecDeque::new(),
             newest_ms: i64::MIN,
         }

@@ -146,7 +146,11 @@ pub(crate) use routed_sink;
 pub struct BatchOptions {
     /// Most events per write.
     pub max_events: usize,
-    /// Longest a partial batch waits for more events, in milliseconds.
+    /// Longest a partial batch waits for more events, in milliseconds. 0 (the default of the local
+    /// sinks: audit log, stdout, blackhole) writes whatever is queued at once: while one write (and
+    /// its fsync) is in progress the next batch gathers, so batches grow with the load and a lone
+    /// event never waits for a timer. Network sinks default to a wait that suits their receivers
+    /// (ClickHouse wants few large inserts).
     pub max_wait_ms: u64,
     /// Capacity of the sink's input queue in events; when full, the pipeline waits (backpressure).
     pub queue_capacity: usize,
@@ -154,7 +158,7 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        BatchOptions { max_events: 1000, max_wait_ms: 10, queue_capacity: 4096 }
+        BatchOptions { max_events: 1000, max_wait_ms: 0, queue_capacity: 4096 }
     }
 }
 
