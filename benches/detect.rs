@@ -7,27 +7,15 @@
 //!   keys (1,000 clients × 1,000 audiences, each from its own network) and prints its serialised size
 //!   and the time to save it into redb.
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use kcaudit::detect::{DetectOptions, Detector};
-use kcaudit::event::AuditEvent;
 
 mod common;
 use common::fixture_events;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn stream(base: &[AuditEvent], n: usize, start_ms: i64) -> Vec<AuditEvent> {
-    (0..n)
-        .map(|i| {
-            let mut e = base[i % base.len()].clone();
-            e.id = format!("bench-{i}");
-            e.time = chrono::DateTime::from_timestamp_millis(start_ms + i as i64 * 1000);
-            e
-        })
-        .collect()
-}
 
 fn state_size() {
     let mut d = Detector::new(DetectOptions::default());
@@ -66,24 +54,13 @@ fn bench(c: &mut Criterion) {
     let base = fixture_events();
     let t0 = 1_773_043_084_120i64;
     let mut warm = Detector::new(DetectOptions::default());
-    for mut e in stream(&base, 20_000, t0) {
+    for mut e in common::retimed(&base, 20_000, t0, 1000, "bench") {
         warm.process(&mut e);
     }
-    let batch = stream(&base, 1000, t0 + 20_000_000);
+    let batch = common::retimed(&base, 1000, t0 + 20_000_000, 1000, "bench");
     let mut g = c.benchmark_group("detect");
     g.throughput(Throughput::Elements(batch.len() as u64));
-    g.bench_function("1000_events", |b| {
-        b.iter_batched(
-            || (batch.clone(), Detector { opts: warm.opts.clone(), state: warm.state.clone(), store: None, partitions: None }),
-            |(mut evs, mut d)| {
-                for e in evs.iter_mut() {
-                    d.process(e);
-                }
-                (evs, d)
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    g.bench_function("1000_events", |b| common::bench_detector(b, &warm, &batch));
     g.finish();
 }
 

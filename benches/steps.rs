@@ -30,7 +30,6 @@ use kcaudit::detect::{DetectOptions, Detector, RULES};
 use kcaudit::event::{AuditEvent, Origin};
 use kcaudit::pipeline::dedup::Dedup;
 
-#[allow(dead_code)]
 mod common;
 
 #[global_allocator]
@@ -161,17 +160,6 @@ fn dedup(c: &mut Criterion) {
     g.finish();
 }
 
-fn retimed(base: &[AuditEvent], n: usize, start_ms: i64, tag: &str) -> Vec<AuditEvent> {
-    (0..n)
-        .map(|i| {
-            let mut e = base[i % base.len()].clone();
-            e.id = format!("{tag}-{i}");
-            e.time = chrono::DateTime::from_timestamp_millis(start_ms + i as i64 * 10);
-            e
-        })
-        .collect()
-}
-
 fn detection(c: &mut Criterion) {
     let base = loadgen_events(20_000);
     let t0 = 1_773_043_084_120i64;
@@ -185,26 +173,17 @@ fn detection(c: &mut Criterion) {
             }
         }
         let mut d = Detector::new(opts);
-        for mut e in retimed(&base, base.len(), t0, "warm") {
+        for mut e in common::retimed(&base, base.len(), t0, 10, "warm") {
             d.process(&mut e);
         }
         d
     };
-    let batch = retimed(&base, N, t0 + base.len() as i64 * 10, "bench");
+    let batch = common::retimed(&base, N, t0 + base.len() as i64 * 10, 10, "bench");
     // Warm detectors are built inside the bench closure, so only selected benchmarks pay for them.
     let run = |g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, only: Option<&str>| {
         g.bench_function(name, |b| {
             let warm = with(only);
-            b.iter_batched(
-                || (batch.clone(), Detector { opts: warm.opts.clone(), state: warm.state.clone(), store: None, partitions: None }),
-                |(mut evs, mut d)| {
-                    for e in evs.iter_mut() {
-                        d.process(e);
-                    }
-                    (evs, d)
-                },
-                BatchSize::LargeInput,
-            )
+            common::bench_detector(b, &warm, &batch)
         });
     };
     let mut g = c.benchmark_group("detect");

@@ -1,4 +1,6 @@
-//! Shared by the benches: the fixture timeline, decoded once.
+//! Shared by the benches: the fixture timeline, decoded once; the detector's stream and timing loop.
+//! Each bench uses a part of this module.
+#![allow(dead_code)]
 
 use kcaudit::decode::{decode_body, Context, Decoded, DecodeOptions, Format};
 use kcaudit::event::{AuditEvent, Origin};
@@ -12,4 +14,33 @@ pub fn fixture_events() -> Vec<AuditEvent> {
     let mut items = Vec::new();
     decode_body(&body, Format::Auto, &Origin::default(), &ctx, &mut items);
     items.into_iter().filter_map(|i| if let Decoded::Event(e) = i.decoded { Some(*e) } else { None }).collect()
+}
+
+/// `base` repeated to `n` events with fresh ids (`{tag}-{i}`) on a steady clock, `step_ms` apart from
+/// `start_ms`: a stream the detector sees as new traffic, however often the base repeats.
+pub fn retimed(base: &[AuditEvent], n: usize, start_ms: i64, step_ms: i64, tag: &str) -> Vec<AuditEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e = base[i % base.len()].clone();
+            e.id = format!("{tag}-{i}");
+            e.time = chrono::DateTime::from_timestamp_millis(start_ms + i as i64 * step_ms);
+            e
+        })
+        .collect()
+}
+
+/// Time `batch` through a copy of `warm` (its options and state; no store), fresh for every sample so
+/// each one starts from the same state.
+pub fn bench_detector<M: criterion::measurement::Measurement>(b: &mut criterion::Bencher<'_, M>, warm: &kcaudit::detect::Detector, batch: &[AuditEvent]) {
+    use kcaudit::detect::Detector;
+    b.iter_batched(
+        || (batch.to_vec(), Detector { opts: warm.opts.clone(), state: warm.state.clone(), store: None, partitions: None }),
+        |(mut evs, mut d)| {
+            for e in evs.iter_mut() {
+                d.process(e);
+            }
+            (evs, d)
+        },
+        criterion::BatchSize::LargeInput,
+    )
 }

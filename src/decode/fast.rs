@@ -13,7 +13,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::draft::Draft;
-use super::DecodeOptions;
+use super::{DecodeOptions, Format};
 use crate::event::{AuditEvent, EventKind, Origin, TimeSource, Warning};
 
 /// The keys of a plain user event; any other key (or a null in any of them) leaves the fast path.
@@ -74,7 +74,8 @@ fn details<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::
 }
 
 /// Decode `text` (one trimmed JSON object) if it is a plain Keycloak user event; `None` otherwise.
-/// `origin` is already labelled with the format; `pre` are warnings that apply to the whole record.
+/// `pre` are warnings that apply to the whole record. The event's origin is `origin` labelled with
+/// the Keycloak format, as the general path labels it.
 pub fn decode(text: &str, origin: &Origin, pre: &[Warning], opts: &DecodeOptions) -> Option<Result<AuditEvent, String>> {
     // serde_json::from_str also refuses trailing bytes, which the general path keeps with a warning.
     let p: Plain = serde_json::from_str(text).ok()?;
@@ -82,7 +83,7 @@ pub fn decode(text: &str, origin: &Origin, pre: &[Warning], opts: &DecodeOptions
     if t.starts_with("access.") || t.starts_with("admin.") || t.starts_with("system.") || t == "ADMIN_EVENT" || t == "AdminEvent" {
         return None;
     }
-    let mut draft = Draft { origin: origin.clone(), kind: Some(EventKind::User), ..Default::default() };
+    let mut draft = Draft { origin: super::labelled(origin, Format::Keycloak), kind: Some(EventKind::User), ..Default::default() };
     draft.warnings.extend(pre.iter().cloned());
     draft.id = p.id;
     match super::time::from_json(&serde_json::Value::from(p.time)) {
@@ -119,7 +120,7 @@ mod tests {
         let (mut a, mut b): (Vec<Item>, Vec<Item>) = (Vec::new(), Vec::new());
         decode_record(line, Format::Auto, &origin, &[], &ctx, &mut a);
         decode_object(line, trimmed, Format::Auto, &origin, &[], &ctx, &mut b);
-        let fast = super::decode(trimmed, &super::super::labelled(&origin, Format::Keycloak), &[], opts).is_some();
+        let fast = super::decode(trimmed, &origin, &[], opts).is_some();
         (format!("{a:?}"), format!("{b:?}"), fast)
     }
 

@@ -276,7 +276,7 @@ pub fn decode_record(text: &str, format: Format, origin: &Origin, pre: &[Warning
         return jboss::decode_line(text, origin, pre, ctx, out);
     }
     if matches!(format, Format::Auto | Format::Keycloak) {
-        if let Some(r) = fast::decode(trimmed, &labelled(origin, Format::Keycloak), pre, ctx.opts) {
+        if let Some(r) = fast::decode(trimmed, origin, pre, ctx.opts) {
             match r {
                 Ok(ev) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(Box::new(ev)), raw: None }),
                 Err(e) => reject(e, out),
