@@ -34,8 +34,8 @@ async fn create_topic(brokers: &str, name: &str, partitions: i32) {
 
 /// Every complete line of a JSON-lines audit log, as events.
 fn audit_log(path: &Path) -> Vec<AuditEvent> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit log line is not an event ({e}): {l}"))).collect()
+    common::complete_lines(path)
+        .lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit log line is not an event ({e}): {l}"))).collect()
 }
 
 /// The fixture timeline (user and admin events, Keycloak's native JSON) in event-time order.

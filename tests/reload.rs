@@ -33,7 +33,7 @@ fn free_port() -> u16 {
 /// Event ids in a JSON-lines audit log, with how often each appears.
 fn audit_ids(path: &Path) -> HashMap<String, usize> {
     let mut ids = HashMap::new();
-    for l in std::fs::read_to_string(path).unwrap_or_default().lines().filter(|l| !l.trim().is_empty()) {
+    for l in common::complete_lines(path).lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         *ids.entry(v["id"].as_str().unwrap().to_string()).or_insert(0) += 1;
     }

@@ -105,3 +105,11 @@ pub fn spawn_serve_args(args: &[&str], sets: &[String], log: &Path) -> std::proc
         .spawn()
         .expect("start kcaudit")
 }
+
+/// The complete lines of a JSON-lines file another process may be appending to: everything up to the
+/// last newline (a reader can see the writer's last line half written).
+pub fn complete_lines(path: &Path) -> String {
+    let mut text = std::fs::read_to_string(path).unwrap_or_default();
+    text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+    text
+}
