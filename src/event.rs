@@ -223,14 +223,19 @@ pub struct AdminAuth {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Origin {
+    // `Arc<str>` for input and format: every record of an input carries the same text, and a copy
+    // per record showed in profiles (issue #9).
     /// The input: a file path as given, `-` for stdin, or `webhook:<path>`.
-    pub input: String,
+    #[schemars(with = "String")]
+    pub input: Arc<str>,
     /// The wire format the record was decoded as.
-    pub format: String,
+    #[schemars(with = "String")]
+    pub format: Arc<str>,
     /// 1-based line number in the input file, when read from a file.
     pub line: Option<u64>,
     /// Request id of the webhook request that carried it (live ingest).
-    pub request_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub request_id: Option<Arc<str>>,
     /// 0-based position of the record within its request body or recorded delivery.
     pub index: Option<u32>,
     /// p2-inc delivery id (`uid`), which is per webhook delivery, not per event.

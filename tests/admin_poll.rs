@@ -107,7 +107,7 @@ async fn polls_page_resume_and_never_duplicate() {
     assert_eq!(evs.len(), 16);
     let ids: std::collections::HashSet<_> = evs.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids.len(), 16, "no duplicates");
-    assert!(evs.iter().all(|e| e.origin.input == "admin-api:acme-prod/events"));
+    assert!(evs.iter().all(|e| &*e.origin.input == "admin-api:acme-prod/events"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,7 +176,7 @@ async fn recorded_deliveries_replay_through_the_signature_check() {
     let (evs, rep) = replay(dir.path(), &["webhook.auth.mode=\"hmac\"", &sf], &[fixture("keycloak/p2inc-webhook-deliveries.jsonl")], Format::Auto).await;
     assert_eq!(rep.totals.accepted, 5, "{rep:?}");
     assert_eq!(evs.len(), 5);
-    assert!(evs.iter().all(|e| e.origin.format == "p2inc"));
+    assert!(evs.iter().all(|e| &*e.origin.format == "p2inc"));
 
     // The wrong secret rejects every delivery, with the same reason the live webhook gives.
     let dir2 = tempfile::tempdir().unwrap();

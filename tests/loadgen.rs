@@ -21,7 +21,7 @@ fn generated_events_are_repeatable_and_decode_cleanly() {
         assert_eq!(events.len(), 2000, "{format}: every generated event decodes");
         assert!(events.iter().all(|e| e.token_exchange.is_some() && e.warnings.is_empty()));
         assert!(events.iter().any(|e| e.error.is_some()), "some errors");
-        assert_eq!(events[0].origin.format, if format == "p2inc" { "p2inc" } else { "keycloak" });
+        assert_eq!(&*events[0].origin.format, if format == "p2inc" { "p2inc" } else { "keycloak" });
     }
 }
 

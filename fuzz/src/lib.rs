@@ -192,7 +192,7 @@ pub fn check_item(item: &Item, base: &Origin, opts: &DecodeOptions) {
     assert!(o.line.is_some_and(|l| l >= 1), "item origin has no line: {o:?}");
     match &item.decoded {
         // kcaudit's own canonical events keep the origin and the caps of the instance that wrote them.
-        Decoded::Event(ev) if o.format == Format::Kcaudit.name() => check_canonical_event(ev),
+        Decoded::Event(ev) if &*o.format == Format::Kcaudit.name() => check_canonical_event(ev),
         Decoded::Event(ev) => {
             check_event(ev, opts);
             // The event carries the same provenance as its item (the item may add the record index).

@@ -211,7 +211,7 @@ impl DeadLetterTopic {
         use rdkafka::producer::FutureRecord;
         let mut pending = Vec::with_capacity(records.len());
         for (r, line) in records.iter().zip(lines) {
-            let key = r.event.as_ref().map(|e| e.id.clone()).unwrap_or_else(|| r.origin.input.clone());
+            let key = r.event.as_ref().map(|e| e.id.clone()).unwrap_or_else(|| r.origin.input.to_string());
             let record = FutureRecord::to(&self.topic).key(&key).payload(*line);
             let fut = self.producer.send_result(record).map_err(|(e, _)| std::io::Error::other(format!("dead-letter topic {}: {e}", self.topic)))?;
             pending.push(fut);

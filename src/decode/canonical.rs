@@ -88,10 +88,10 @@ mod tests {
         for body in [as_written, sorted] {
             let items = decoded(&body, &kafka);
             assert_eq!(items.len(), 1);
-            assert_eq!(items[0].origin.format, "kcaudit");
+            assert_eq!(&*items[0].origin.format, "kcaudit");
             let Decoded::Event(got) = &items[0].decoded else { panic!("{:?}", items[0].decoded) };
             assert!(got.findings.is_empty() && got.severity.is_none() && got.enrichment.is_none(), "verdicts are never taken from the input");
-            assert_eq!(got.origin.input, "webhook:/v1/events", "the edge's provenance is kept");
+            assert_eq!(&*got.origin.input, "webhook:/v1/events", "the edge's provenance is kept");
             assert_eq!(got.origin.kafka.as_ref().map(|k| (k.partition, k.offset)), Some((2, 7)));
             let mut want = ev.clone();
             want.findings.clear();
@@ -115,6 +115,6 @@ mod tests {
         // A Keycloak event whose details mention the canonical field names is still a Keycloak event.
         let sneaky = r#"{"id":"e2","time":1773043083214,"type":"LOGIN","realmId":"r1","details":{"schema_version":"1","time_source":"x","id_derived":"y","origin":"z"}}"#;
         let items = decoded(sneaky, &Origin::default());
-        assert!(matches!(&items[0].decoded, Decoded::Event(e) if e.origin.format != "kcaudit"), "{:?}", items[0].decoded);
+        assert!(matches!(&items[0].decoded, Decoded::Event(e) if &*e.origin.format != "kcaudit"), "{:?}", items[0].decoded);
     }
 }

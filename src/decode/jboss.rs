@@ -79,7 +79,7 @@ pub fn decode_line(line: &str, origin: &Origin, pre: &[Warning], ctx: &Context<'
                     let log_warnings = std::mem::take(&mut draft.warnings);
                     let mut d2 = Draft { origin: draft.origin, warnings: log_warnings, ..Default::default() };
                     // Say what the embedded event is (the envelope stays in origin.log).
-                    d2.origin.format = json_event::classify(&obj).name().to_string();
+                    d2.origin.format = json_event::classify(&obj).label();
                     let has_time = obj.get("time").is_some_and(|v| !v.is_null());
                     if !has_time {
                         d2.time = t;

@@ -148,18 +148,35 @@ fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The network an address belongs to (IPv4 /24, IPv6 /64 by default) as text.
-pub fn network(ip: &IpAddr, v4: u8, v6: u8) -> String {
-    match ip {
+/// The network an address belongs to (IPv4 /24, IPv6 /64 by default) as text, written into `buf`
+/// (on the stack: this runs for every token exchange and a `String` per event showed in profiles).
+pub fn network<'b>(ip: &IpAddr, v4: u8, v6: u8, buf: &'b mut [u8; 64]) -> &'b str {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    // The longest form, an IPv6 address and "/128", is 43 bytes: the writes cannot run out of room.
+    let _ = match ip {
         IpAddr::V4(a) => {
+            // By hand: `Ipv4Addr`'s Display goes through the formatting machinery four times over.
             let bits = u32::from(*a) & (u32::MAX.checked_shl(32 - u32::from(v4.min(32))).unwrap_or(0));
-            format!("{}/{}", std::net::Ipv4Addr::from(bits), v4.min(32))
+            let mut r = Ok(());
+            for (i, octet) in bits.to_be_bytes().into_iter().enumerate() {
+                let mut digits = [b'.', 0, 0, 0];
+                let mut n = 1;
+                if octet >= 100 { digits[n] = b'0' + octet / 100; n += 1; }
+                if octet >= 10 { digits[n] = b'0' + octet / 10 % 10; n += 1; }
+                digits[n] = b'0' + octet % 10;
+                r = r.and(cur.write_all(&digits[usize::from(i == 0)..=n]));
+            }
+            let p = v4.min(32);
+            r.and(if p < 10 { cur.write_all(&[b'/', b'0' + p]) } else { cur.write_all(&[b'/', b'0' + p / 10, b'0' + p % 10]) })
         }
         IpAddr::V6(a) => {
             let bits = u128::from(*a) & (u128::MAX.checked_shl(128 - u32::from(v6.min(128))).unwrap_or(0));
-            format!("{}/{}", std::net::Ipv6Addr::from(bits), v6.min(128))
+            write!(cur, "{}/{}", std::net::Ipv6Addr::from(bits), v6.min(128))
         }
-    }
+    };
+    let n = cur.position() as usize;
+    std::str::from_utf8(&buf[..n]).unwrap_or_default()
 }
 
 fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
@@ -277,13 +294,13 @@ impl Detector {
                     cs.dirty = true;
                 }
             }
-        } else if let Some(client) = ev.client_id.clone() {
+        } else if let Some(client) = ev.client_id.as_deref() {
             // Per-IP error bursts (client authentication failures carry an attacker-chosen clientId).
             let te_error = ev.token_exchange.is_some() && ev.outcome == Outcome::Failure;
             if te_error {
                 if let Some(ip) = ev.ip_address.clone() {
                     let w = rs.ip_errors.entry(ip.clone()).or_default();
-                    w.push_back((t, ev.id.clone(), client.clone()));
+                    w.push_back((t, ev.id.clone(), client.to_string()));
                     while w.front().is_some_and(|(ft, _, _)| *ft < t - ms(o.error_burst_window)) {
                         w.pop_front();
                     }
@@ -298,15 +315,19 @@ impl Detector {
                     }
                 }
             }
-            let upstream_depth = ev.token_exchange.as_ref().and_then(|te| te.subject_token_client_id.clone()).map(|stc| chain_depth(rs, &stc));
-            let cs = rs.clients.entry(client.clone()).or_default();
-            client_rules(o, cs, ev, &client, t, learning, late, upstream_depth, &mut out);
+            let upstream_depth = ev.token_exchange.as_ref().and_then(|te| te.subject_token_client_id.as_deref()).map(|stc| chain_depth(rs, stc));
+            // Look up before inserting: `entry` would copy the clientId for every event.
+            if !rs.clients.contains_key(client) {
+                rs.clients.insert(client.to_string(), Default::default());
+            }
+            let Some(cs) = rs.clients.get_mut(client) else { return };
+            client_rules(o, cs, ev, client, t, learning, late, upstream_depth, &mut out);
             cs.dirty = true;
             // Remember who was just impersonated, to catch that identity acting as an administrator.
             let window = ms(o.impersonation_followup_window);
             rs.impersonated.retain(|_, (it, _, _)| *it >= t - window);
             if let (Some(_), Some(uid), Outcome::Success) = (ev.token_exchange.as_ref().and_then(|te| te.requested_subject.as_ref()), ev.subject.id.as_ref(), ev.outcome) {
-                rs.impersonated.insert(uid.clone(), (t, ev.id.clone(), client.clone()));
+                rs.impersonated.insert(uid.clone(), (t, ev.id.clone(), client.to_string()));
             }
         }
 
@@ -349,10 +370,10 @@ fn lower(s: Severity) -> Severity {
 /// How many exchange hops lie behind a subject token issued to `client` (0: it came from a login).
 fn chain_depth(rs: &state::RealmState, client: &str) -> u32 {
     let mut depth = 0;
-    let mut cur = client.to_string();
+    let mut cur = client;
     let mut seen = BTreeSet::new();
-    while let Some(up) = rs.clients.get(&cur).and_then(|c| c.upstream.clone()) {
-        if !seen.insert(cur.clone()) || depth > 16 {
+    while let Some(up) = rs.clients.get(cur).and_then(|c| c.upstream.as_deref()) {
+        if !seen.insert(cur) || depth > 16 {
             break;
         }
         depth += 1;
@@ -423,15 +444,16 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
 
     // New network.
     if let Some(ip) = ev.ip.filter(|_| own_call) {
-        let net = network(&ip, o.ipv4_prefix, o.ipv6_prefix);
-        match cs.networks.get(&net) {
+        let mut buf = [0u8; 64];
+        let net = network(&ip, o.ipv4_prefix, o.ipv6_prefix, &mut buf);
+        match cs.networks.get(net) {
             None => {
                 if established && !late {
                     let known = cs.networks.keys().cloned();
                     out.push("new-network", Severity::Medium, format!("{client} called from {ip} ({net}) for the first time; before it used only {}", list(known, 4)), vec![]);
                 }
                 if !late {
-                    cs.networks.insert(net.clone(), state::Seen { first_ms: t, last_ms: t, novel: established });
+                    cs.networks.insert(net.to_string(), state::Seen { first_ms: t, last_ms: t, novel: established });
                 }
             }
             Some(seen) if seen.novel && t - seen.first_ms <= novelty => {
@@ -439,7 +461,7 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
             }
             Some(_) => {}
         }
-        if let Some(s) = cs.networks.get_mut(&net).filter(|_| !late) {
+        if let Some(s) = cs.networks.get_mut(net).filter(|_| !late) {
             s.last_ms = s.last_ms.max(t);
         }
     }
@@ -516,10 +538,15 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
         let sw = ms(o.spray_window);
         for a in &te.audiences {
             cs.asked.push_back((t, a.clone(), ev.id.clone()));
-            *cs.asked_counts.entry(a.clone()).or_default() += 1;
+            match cs.asked_counts.get_mut(a) {
+                Some(n) => *n += 1,
+                None => {
+                    cs.asked_counts.insert(a.clone(), 1);
+                }
+            }
         }
-        while let Some((_, a, _)) = cs.asked.front().filter(|(ft, _, _)| *ft < t - sw).cloned() {
-            cs.asked.pop_front();
+        while cs.asked.front().is_some_and(|(ft, _, _)| *ft < t - sw) {
+            let Some((_, a, _)) = cs.asked.pop_front() else { break };
             if let Some(n) = cs.asked_counts.get_mut(&a) {
                 *n -= 1;
                 if *n == 0 {
@@ -564,7 +591,12 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
                 _ => {}
             }
             if success && !late {
-                cs.audiences.entry(a.clone()).or_insert(state::Seen { first_ms: t, last_ms: t, novel: established }).last_ms = t;
+                match cs.audiences.get_mut(a) {
+                    Some(seen) => seen.last_ms = t,
+                    None => {
+                        cs.audiences.insert(a.clone(), state::Seen { first_ms: t, last_ms: t, novel: established });
+                    }
+                }
             }
         }
         if let Some(p) = en.and_then(|e| e.policy.as_ref()).filter(|p| p.within_policy == Within::No) {
@@ -658,6 +690,35 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
             if ev.time.is_some() {
                 cs.hours[hour] += 1;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::network;
+    use std::net::IpAddr;
+
+    /// The hand-written IPv4 form must equal what `Ipv4Addr`'s Display gives (the state keys and the
+    /// finding text were written that way before, and persisted state must still match).
+    #[test]
+    fn network_text_matches_the_standard_display() {
+        let mut buf = [0u8; 64];
+        for (ip, v4, v6, want) in [
+            ("203.0.113.77", 24, 64, "203.0.113.0/24"),
+            ("10.1.2.3", 8, 64, "10.0.0.0/8"),
+            ("255.255.255.255", 32, 64, "255.255.255.255/32"),
+            ("0.0.0.0", 0, 64, "0.0.0.0/0"),
+            ("192.168.100.9", 5, 64, "192.0.0.0/5"),
+            ("2001:db8:1:2:3:4:5:6", 24, 64, "2001:db8:1:2::/64"),
+            ("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", 24, 128, "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/128"),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(network(&ip, v4, v6, &mut buf), want);
+        }
+        for n in [0u32, 1, 9, 10, 99, 100, 101, 199, 200, 255, 0x0a0b0c0d, 0xfffefdfc, 0x01020304] {
+            let a = std::net::Ipv4Addr::from(n);
+            assert_eq!(network(&IpAddr::V4(a), 32, 64, &mut buf), format!("{a}/32"));
         }
     }
 }

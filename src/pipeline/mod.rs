@@ -474,8 +474,10 @@ impl Central {
         let mut fresh: Vec<(usize, Box<AuditEvent>)> = Vec::new();
         let dedup_span = crate::child_span!(&trace, "dedup", kcaudit.source = sub.source, kcaudit.records = sub.items.len(), kcaudit.accepted = tracing::field::Empty);
         let in_dedup = dedup_span.enter();
+        // One label lookup per submission, not per record (a hash and a lock each).
+        let received = m.received.with_label_values(&[sub.source]);
         for item in sub.items {
-            m.received.with_label_values(&[sub.source]).inc();
+            received.inc();
             match item.decoded {
                 Decoded::Skipped(reason) => {
                     m.skipped.inc();

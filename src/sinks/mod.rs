@@ -242,6 +242,10 @@ async fn run_sink(
             match rx.try_recv() {
                 Ok(it) => take(&*sink, it, &mut items),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                // No wait configured: write what is queued now. (A zero timeout is not free: tokio
+                // rounds the deadline up to its next millisecond tick, which put up to 1 ms on every
+                // single-event request.)
+                Err(mpsc::error::TryRecvError::Empty) if batch.max_wait_ms == 0 => break,
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(it)) => take(&*sink, it, &mut items),
                     _ => break,

@@ -185,7 +185,7 @@ impl Poller {
         let filters: Vec<(&str, String)> = if admin { Vec::new() } else { self.opts.event_types.iter().map(|t| ("type", t.clone())).collect() };
         let tz = self.decode.time_zone().map_err(anyhow::Error::msg)?;
         let ctx = Context { opts: &self.decode, tz, deliveries: None, lines_may_be_noise: false };
-        let input = format!("admin-api:{realm}/{}", if admin { "admin-events" } else { "events" });
+        let input: std::sync::Arc<str> = format!("admin-api:{realm}/{}", if admin { "admin-events" } else { "events" }).into();
         let mut counts = PollCounts::default();
         let mut first = 0usize;
         let page = self.opts.page_size.max(1);

@@ -191,7 +191,7 @@ fn absorb(r: Result<BatchReport, PipelineError>, rep: &mut InputReport) -> anyho
             line: it.origin.line,
             index: it.origin.index,
             status: it.status,
-            format: it.origin.format,
+            format: it.origin.format.to_string(),
             reason: it.reason,
             event_id: it.event_id,
             warnings: it.warnings,
@@ -213,7 +213,7 @@ fn read_input(input: &str, format: Format, ctx: &Context<'_>, progress: bool, tx
         b.set_message(input.to_string());
         b
     });
-    let base = Origin { input: input.to_string(), ..Default::default() };
+    let base = Origin { input: input.into(), ..Default::default() };
     let send = |batch: Vec<Item>| tx.blocking_send(Ok(batch)).map_err(|_| anyhow::anyhow!("pipeline stopped"));
 
     // Peek: a file that is one JSON document (array, or a pretty-printed object) is read whole.

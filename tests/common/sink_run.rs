@@ -92,7 +92,7 @@ pub fn items_of(events: &[AuditEvent]) -> Vec<Item> {
 pub async fn stable_fixture() -> Vec<AuditEvent> {
     let mut evs = super::clickhouse::fixture_events().await;
     for e in &mut evs {
-        e.origin.input = e.origin.input.rsplit('/').next().unwrap().to_string();
+        e.origin.input = e.origin.input.rsplit('/').next().unwrap().into();
         if let Some(en) = &mut e.enrichment {
             en.source = Some("directory:tests/fixtures/keycloak/admin-api".into());
         }

@@ -294,7 +294,7 @@ fn origin_of(m: &BorrowedMessage<'_>) -> Origin {
         .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())).collect())
         .unwrap_or_default();
     Origin {
-        input: format!("kafka:{}/{}", m.topic(), m.partition()),
+        input: format!("kafka:{}/{}", m.topic(), m.partition()).into(),
         kafka: Some(KafkaRecord {
             topic: m.topic().to_string(),
             partition: m.partition(),

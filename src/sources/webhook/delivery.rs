@@ -121,7 +121,7 @@ impl Routes {
         let mut out = Vec::new();
         let mut o = origin.clone();
         if o.input.is_empty() {
-            o.input = format!("webhook:{}", route.path);
+            o.input = format!("webhook:{}", route.path).into();
         }
         decode_body(decompressed.as_deref().unwrap_or(body), route.format, &o, ctx, &mut out);
         if matches!(route.auth, ResolvedAuth::None) && header("x-keycloak-signature").is_some() {

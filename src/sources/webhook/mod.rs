@@ -212,7 +212,7 @@ async fn ingest_inner(s: &WebhookState, req: Request) -> Response {
         Ok(b) => b,
         Err(_) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, rid, &format!("body larger than {} bytes", s.max_body_bytes)),
     };
-    let origin = Origin { input: format!("webhook:{path}"), request_id: Some(request_id.clone()), ..Default::default() };
+    let origin = Origin { input: format!("webhook:{path}").into(), request_id: Some(request_id.as_str().into()), ..Default::default() };
     let ctx = Context { opts: &s.decode, tz: s.tz, deliveries: None, lines_may_be_noise: false };
     let headers: &HeaderMap = &parts.headers;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
