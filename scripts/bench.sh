@@ -27,11 +27,14 @@ WORK=$(mktemp -d)
 SERVER_PID=
 SVC_PID=
 cleanup() {
+  local rc=$?
+  set +e # tearing down must not turn a good run into a failed one (a reaped child's status is not ours)
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null
   exec 3>&- 2>/dev/null || true # closing its stdin stops the services
   [ -n "$SVC_PID" ] && { sleep 1; kill "$SVC_PID" 2>/dev/null; }
   wait 2>/dev/null
   rm -rf "$WORK"
+  exit "$rc"
 }
 trap cleanup EXIT
 TICK=$(getconf CLK_TCK)
@@ -41,6 +44,9 @@ fmt() { python3 -c "import sys; print(f'{float(sys.argv[1]):,.0f}')" "$1"; }
 
 "$BIN" loadgen --count "$N" --out "$WORK/events.jsonl"
 SIZE=$(stat -c %s "$WORK/events.jsonl")
+# A fixed CPU task timed before the runs: shared virtual machines vary by tens of percent from hour to
+# hour, and this says how fast the machine was when the table was taken.
+CALIBRATION=$( { TIMEFORMAT=%U; time sha256sum "$WORK/events.jsonl" >/dev/null; } 2>&1 )
 
 echo "==> starting ClickHouse and Kafka (loading $N events into a topic)" >&2
 mkfifo "$WORK/svc.in"
@@ -164,4 +170,5 @@ echo "| run | events | events/s | CPU s per 1M events (kcaudit) | p50 ms | p99 m
 echo "|---|---|---|---|---|---|---|"
 for r in "${rows[@]}"; do echo "| ${r//|/ | } |"; done
 echo
+echo "Calibration: sha256sum of the $((SIZE / 1000000)) MB event file took $CALIBRATION CPU s on this machine at the time."
 echo "Idle RSS after start: $IDLE MiB. Latency is per request as the load generator sees it (a batch request answers once every event in it is delivered)."

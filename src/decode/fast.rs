@@ -185,6 +185,52 @@ mod tests {
         assert!(assert_same(&line, &small));
     }
 
+    /// `decode_body` takes single-document bodies through the fast path without the separate
+    /// single-document check; it must give exactly what the check-then-decode path gives.
+    #[test]
+    fn whole_bodies_decode_as_before_the_fast_single_document_path() {
+        use super::super::{decode_body, is_single_json_document};
+        let opts = DecodeOptions::default();
+        let ctx = Context { opts: &opts, tz: opts.time_zone().unwrap(), deliveries: None, lines_may_be_noise: false };
+        let base = Origin { input: "webhook:/v1/events".into(), ..Default::default() };
+        let mut gen = Vec::new();
+        crate::loadgen::write_file(crate::loadgen::GenOptions::default(), 200, &mut gen).unwrap();
+        let gen = String::from_utf8(gen).unwrap();
+        let lines: Vec<&str> = gen.lines().collect();
+        let mut checked = 0;
+        for line in &lines[..50] {
+            for body in [
+                line.to_string(),
+                format!("{line}\n"),
+                format!("\n\n  {line}\r\n"),
+                format!("{line}\u{2028}"),
+                format!("{line} {line}"),
+                format!("{line}\n{}", lines[60]),
+                format!("{line}x"),
+                format!("[{line}]"),
+                format!("\u{feff}{line}"),
+            ] {
+                let mut got = Vec::new();
+                decode_body(body.as_bytes(), Format::Auto, &base, &ctx, &mut got);
+                let text = body.strip_prefix('\u{feff}').unwrap_or(&body);
+                let trimmed = text.trim_start();
+                let mut want = Vec::new();
+                if is_single_json_document(trimmed) {
+                    let leading = text[..text.len() - trimmed.len()].bytes().filter(|&b| b == b'\n').count() as u64;
+                    let origin = Origin { line: Some(1 + leading), ..base.clone() };
+                    decode_record(trimmed, Format::Auto, &origin, &[], &ctx, &mut want);
+                    checked += 1;
+                } else {
+                    // Not one document: the line-by-line path (which numbers every record) must have it.
+                    assert!(!got.is_empty() && got.iter().all(|i| i.origin.index.is_some()), "body {body:?}: {got:?}");
+                    continue;
+                }
+                assert_eq!(format!("{got:?}"), format!("{want:?}"), "body {body:?}");
+            }
+        }
+        assert!(checked >= 200, "only {checked} single-document bodies compared");
+    }
+
     proptest! {
         #[test]
         fn random_keycloak_like_objects_decode_the_same_either_way(

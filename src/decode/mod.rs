@@ -210,11 +210,23 @@ pub fn decode_body(bytes: &[u8], format: Format, base: &Origin, ctx: &Context<'_
     let (text, utf8_warning) = to_text(bytes);
     let pre: Vec<Warning> = utf8_warning.into_iter().collect();
     let trimmed = text.trim_start();
-    if (trimmed.starts_with('{') || trimmed.starts_with('[')) && is_single_json_document(trimmed) {
-        let mut origin = base.clone();
-        origin.line = base.line.or(Some(1 + leading_newlines(&text)));
-        decode_record(trimmed, format, &origin, &pre, ctx, out);
-        return;
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let single = || {
+            let mut origin = base.clone();
+            origin.line = base.line.or(Some(1 + leading_newlines(&text)));
+            origin
+        };
+        // A body the fast path reads whole is one JSON document: taking it first spares single-event
+        // bodies (webhook senders like p2-inc's, Kafka records) a second full parse just to check.
+        // Only when nothing but JSON whitespace follows, where the check would have said yes too.
+        let doc = trimmed.trim_end_matches([' ', '\n', '\r', '\t']);
+        if doc.len() == doc.trim_end().len() && fast_record(trimmed, doc, format, &single(), &pre, ctx, out) {
+            return;
+        }
+        if is_single_json_document(trimmed) {
+            decode_record(trimmed, format, &single(), &pre, ctx, out);
+            return;
+        }
     }
     let mut index = 0u32;
     // Index of the last segment, counted once: counting per blank line made a body of newlines quadratic.
@@ -288,16 +300,29 @@ pub fn decode_record(text: &str, format: Format, origin: &Origin, pre: &[Warning
         }
         return jboss::decode_line(text, origin, pre, ctx, out);
     }
-    if matches!(format, Format::Auto | Format::Keycloak) {
-        if let Some(r) = fast::decode(trimmed, origin, pre, ctx.opts) {
-            match r {
-                Ok(ev) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(Box::new(ev)), raw: None }),
-                Err(e) => reject(e, out),
-            }
-            return;
-        }
+    if fast_record(text, trimmed, format, origin, pre, ctx, out) {
+        return;
     }
     decode_object(text, trimmed, format, origin, pre, ctx, out)
+}
+
+/// The fast path ([`fast`]) for a plain Keycloak event, behind the same checks `decode_record` makes
+/// before it (size cap, canonical records). True when it took the record (its item is in `out`).
+/// `trimmed` is `text` without surrounding whitespace.
+fn fast_record(text: &str, trimmed: &str, format: Format, origin: &Origin, pre: &[Warning], ctx: &Context<'_>, out: &mut Vec<Item>) -> bool {
+    if !matches!(format, Format::Auto | Format::Keycloak)
+        || !trimmed.starts_with('{')
+        || trimmed.len() > ctx.opts.max_record_bytes
+        || (format == Format::Auto && canonical::looks_canonical(trimmed))
+    {
+        return false;
+    }
+    match fast::decode(trimmed, origin, pre, ctx.opts) {
+        Some(Ok(ev)) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(Box::new(ev)), raw: None }),
+        Some(Err(e)) => out.push(Item { origin: labelled(origin, format), decoded: Decoded::Rejected(e), raw: Some(text.as_bytes().to_vec()) }),
+        None => return false,
+    }
+    true
 }
 
 /// A JSON object through the general mapper: parsed into a `Value` (duplicate keys and trailing bytes

@@ -129,7 +129,7 @@ async fn metrics(State(s): State<Arc<WebhookState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.pipeline.metrics.render()).into_response()
 }
 
-fn json_response(status: StatusCode, request_id: &str, body: serde_json::Value) -> Response {
+fn json_response(status: StatusCode, request_id: &str, body: impl serde::Serialize) -> Response {
     let mut r = (status, axum::Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(request_id) {
         r.headers_mut().insert("x-request-id", v);
@@ -325,22 +325,38 @@ fn respond(request_id: &str, report: &BatchReport) -> Response {
     } else {
         StatusCode::OK
     };
+    // A typed body, not `json!`: building a `Value` map was a tenth of a single-event request's CPU.
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        request_id: &'a str,
+        received: u64,
+        accepted: u64,
+        duplicates: u64,
+        rejected: u64,
+        skipped: u64,
+        dead_lettered: u64,
+        failed: u64,
+        rejections: Vec<serde_json::Value>,
+        duplicate_events: Vec<serde_json::Value>,
+        warnings: Vec<serde_json::Value>,
+        failures: Vec<serde_json::Value>,
+    }
     json_response(
         status,
         request_id,
-        json!({
-            "request_id": request_id,
-            "received": c.received,
-            "accepted": c.accepted,
-            "duplicates": c.duplicates,
-            "rejected": c.rejected,
-            "skipped": c.skipped,
-            "dead_lettered": c.dead_lettered,
-            "failed": c.failed,
-            "rejections": rejections,
-            "duplicate_events": duplicates,
-            "warnings": warnings,
-            "failures": failures,
-        }),
+        Reply {
+            request_id,
+            received: c.received,
+            accepted: c.accepted,
+            duplicates: c.duplicates,
+            rejected: c.rejected,
+            skipped: c.skipped,
+            dead_lettered: c.dead_lettered,
+            failed: c.failed,
+            rejections,
+            duplicate_events: duplicates,
+            warnings,
+            failures,
+        },
     )
 }
