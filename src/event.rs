@@ -336,10 +336,13 @@ impl AuditEvent {
         h.finish()
     }
 
-    /// The event as one JSON line (no trailing newline).
+    /// The event as one JSON line (no trailing newline): what `serde_json::to_string` gives, written
+    /// by [`crate::json_line`] at a fraction of the cost.
     pub fn to_json_line(&self) -> String {
-        // Serialising this type cannot fail: every map key is a string and there are no floats.
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"serialize_error\":{:?}}}", e.to_string()))
+        let mut out = Vec::with_capacity(2048);
+        crate::json_line::write_event(&mut out, self);
+        // The writer only appends whole UTF-8 strings and ASCII.
+        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 

@@ -7,7 +7,8 @@
 //!
 //! ## Layout
 //!
-//! - [`event`]: the canonical [`event::AuditEvent`] every format decodes into (JSON Schema in `schemas/`).
+//! - [`event`]: the canonical [`event::AuditEvent`] every format decodes into (JSON Schema in `schemas/`);
+//!   [`json_line`] writes it as JSON fast (byte-identical to serde, tested).
 //! - [`decode`]: one decoder per wire format plus auto-detection; the shared interpretation in
 //!   `decode::draft` (token-exchange facts, V1/V2 inference, caps, derived ids).
 //! - [`sources`]: the HTTP webhook (`sources::webhook`), file replay (`sources::replay`), the admin
@@ -40,6 +41,7 @@ pub mod enrich;
 pub mod keycloak_api;
 pub mod loadgen;
 pub mod event;
+pub mod json_line;
 pub mod metrics;
 pub mod pipeline;
 pub mod realm_audit;

@@ -188,8 +188,7 @@ pub fn encode_lines(events: &[Arc<AuditEvent>]) -> Vec<u8> {
     // Lines average ~2 KB with enrichment: size for that, not a doubling chain of reallocations.
     let mut buf = Vec::with_capacity(events.len() * 2304);
     for e in events {
-        // Serialising AuditEvent cannot fail (string keys, no floats); see AuditEvent::to_json_line.
-        let _ = serde_json::to_writer(&mut buf, &**e);
+        crate::json_line::write_event(&mut buf, e);
         buf.push(b'\n');
     }
     buf
