@@ -23,13 +23,33 @@ pub enum Verdict {
     Conflict,
 }
 
+/// A remembered id. Keycloak mints lowercase UUIDs (and derived ids are UUIDs too): those are kept as
+/// their 16 bytes, with no allocation, which is most of the window's memory (issue #9: ~80 instead of
+/// ~125 bytes per id). Anything else is kept as shared text. Only the canonical lowercase hyphenated
+/// form is packed, so two different strings never map to the same key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Uuid([u8; 16]),
+    Text(Arc<str>),
+}
+
+impl Key {
+    fn of(id: &str) -> Key {
+        if id.len() == 36 && !id.bytes().any(|b| b.is_ascii_uppercase()) {
+            if let Ok(u) = uuid::Uuid::try_parse(id) {
+                return Key::Uuid(*u.as_bytes());
+            }
+        }
+        Key::Text(Arc::from(id))
+    }
+}
+
 pub struct Dedup {
     window_ms: i64,
     max_entries: usize,
-    // One shared copy of each id for the map and the eviction queue (an `Arc<str>`, not two `String`s:
-    // one allocation per event instead of two, and less memory per remembered id).
-    seen: AHashMap<Arc<str>, (u64, i64)>,
-    order: VecDeque<(Arc<str>, i64)>,
+    // One copy of each id serves the map and the eviction queue.
+    seen: AHashMap<Key, (u64, i64)>,
+    order: VecDeque<(Key, i64)>,
     newest_ms: i64,
 }
 
@@ -47,11 +67,11 @@ impl Dedup {
     pub fn check(&mut self, ev: &AuditEvent) -> Verdict {
         let fp = ev.content_fingerprint();
         let t = ev.time.map(|t| t.timestamp_millis()).unwrap_or(self.newest_ms.max(0));
-        if let Some((old_fp, _)) = self.seen.get(ev.id.as_str()) {
+        let id = Key::of(&ev.id);
+        if let Some((old_fp, _)) = self.seen.get(&id) {
             return if *old_fp == fp { Verdict::Duplicate } else { Verdict::Conflict };
         }
         self.newest_ms = self.newest_ms.max(t);
-        let id: Arc<str> = Arc::from(ev.id.as_str());
         self.seen.insert(id.clone(), (fp, t));
         self.order.push_back((id, t));
         self.evict();
@@ -60,7 +80,7 @@ impl Dedup {
 
     /// Forget an id whose delivery failed, so the sender's retry is not mistaken for a duplicate.
     pub fn forget(&mut self, id: &str) {
-        self.seen.remove(id);
+        self.seen.remove(&Key::of(id));
     }
 
     pub fn len(&self) -> usize {
@@ -79,8 +99,8 @@ impl Dedup {
             }
             // Remove only when the map entry is the one this queue slot refers to (an id forgotten and
             // seen again has a newer slot further back).
-            if self.seen.get(&**id).is_some_and(|(_, st)| st == t) {
-                self.seen.remove(&**id);
+            if self.seen.get(id).is_some_and(|(_, st)| st == t) {
+                self.seen.remove(id);
             }
             self.order.pop_front();
         }
@@ -147,5 +167,27 @@ mod tests {
         assert_eq!(d.len(), 3);
         assert_eq!(d.check(&ev("9", 9, "x")), Verdict::Duplicate);
         assert_eq!(d.check(&ev("0", 0, "x")), Verdict::New);
+    }
+
+    /// Packed UUID keys behave like the text they came from: an uppercase or braced spelling of the
+    /// same UUID is a different id (it is a different string from the sender), and forgetting works
+    /// for packed and text ids alike.
+    #[test]
+    fn uuid_ids_are_packed_without_merging_different_spellings() {
+        let id = "0f8b6c1e-3d7a-4b2e-9c4f-1a2b3c4d5e6f";
+        assert!(matches!(Key::of(id), Key::Uuid(_)));
+        for other in ["0F8B6C1E-3D7A-4B2E-9C4F-1A2B3C4D5E6F", "0f8b6c1e3d7a4b2e9c4f1a2b3c4d5e6f", "{0f8b6c1e-3d7a-4b2e-9c4f-1a2b3c4d5e6f}", "not-a-uuid-but-thirty-six-characters"] {
+            assert!(matches!(Key::of(other), Key::Text(_)), "{other}");
+        }
+        let mut d = Dedup::new(3600, 100);
+        assert_eq!(d.check(&ev(id, 1_000, "x")), Verdict::New);
+        assert_eq!(d.check(&ev(&id.to_uppercase(), 1_000, "x")), Verdict::New, "another spelling is another id");
+        assert_eq!(d.check(&ev(id, 1_000, "x")), Verdict::Duplicate);
+        assert_eq!(d.check(&ev(id, 1_000, "forged")), Verdict::Conflict);
+        d.forget(id);
+        assert_eq!(d.check(&ev(id, 1_000, "x")), Verdict::New);
+        d.forget(&id.to_uppercase());
+        assert_eq!(d.check(&ev(&id.to_uppercase(), 1_000, "x")), Verdict::New);
+        assert_eq!(d.len(), 2);
     }
 }
