@@ -336,6 +336,14 @@ impl AuditEvent {
         h.finish()
     }
 
+    /// Drop what the pipeline computes (enrichment, findings, severity): an event that enters the
+    /// pipeline again, from another instance's topic or as a retry, is judged afresh.
+    pub fn clear_verdicts(&mut self) {
+        self.enrichment = None;
+        self.findings.clear();
+        self.severity = None;
+    }
+
     /// The event as one JSON line (no trailing newline): what `serde_json::to_string` gives, written
     /// by [`crate::json_line`] at a fraction of the cost.
     pub fn to_json_line(&self) -> String {

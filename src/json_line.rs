@@ -21,9 +21,6 @@ macro_rules! key {
     ($out:expr, $name:literal) => {
         $out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes())
     };
-    ($out:expr, $name:expr) => {
-        key($out, $name)
-    };
 }
 
 /// Append `ev` as JSON (no newline).

@@ -39,9 +39,7 @@ pub fn decode(text: &str, origin: &Origin, pre: &[Warning], out: &mut Vec<Item>)
         return reject("canonical event without an id or a type".into(), out);
     }
     ev.warnings.extend(pre.iter().cloned());
-    ev.enrichment = None;
-    ev.findings.clear();
-    ev.severity = None;
+    ev.clear_verdicts();
     if origin.kafka.is_some() {
         ev.origin.kafka = origin.kafka.clone();
     }

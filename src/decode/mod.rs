@@ -211,20 +211,17 @@ pub fn decode_body(bytes: &[u8], format: Format, base: &Origin, ctx: &Context<'_
     let pre: Vec<Warning> = utf8_warning.into_iter().collect();
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let single = || {
-            let mut origin = base.clone();
-            origin.line = base.line.or(Some(1 + leading_newlines(&text)));
-            origin
-        };
+        let mut single = base.clone();
+        single.line = base.line.or(Some(1 + leading_newlines(&text)));
         // A body the fast path reads whole is one JSON document: taking it first spares single-event
         // bodies (webhook senders like p2-inc's, Kafka records) a second full parse just to check.
         // Only when nothing but JSON whitespace follows, where the check would have said yes too.
         let doc = trimmed.trim_end_matches([' ', '\n', '\r', '\t']);
-        if doc.len() == doc.trim_end().len() && fast_record(trimmed, doc, format, &single(), &pre, ctx, out) {
+        if doc.len() == doc.trim_end().len() && fast_record(trimmed, doc, format, &single, &pre, ctx, out) {
             return;
         }
         if is_single_json_document(trimmed) {
-            decode_record(trimmed, format, &single(), &pre, ctx, out);
+            decode_record(trimmed, format, &single, &pre, ctx, out);
             return;
         }
     }
@@ -277,9 +274,7 @@ pub fn is_single_json_document(text: &str) -> bool {
 pub fn decode_record(text: &str, format: Format, origin: &Origin, pre: &[Warning], ctx: &Context<'_>, out: &mut Vec<Item>) {
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let trimmed = text.trim();
-    let reject = |reason: String, out: &mut Vec<Item>| {
-        out.push(Item { origin: labelled(origin, format), decoded: Decoded::Rejected(reason), raw: Some(text.as_bytes().to_vec()) });
-    };
+    let reject = |reason: String, out: &mut Vec<Item>| out.push(rejected(text, origin, format, reason));
     if trimmed.is_empty() {
         out.push(Item { origin: labelled(origin, format), decoded: Decoded::Skipped("blank line".into()), raw: None });
         return;
@@ -319,18 +314,21 @@ fn fast_record(text: &str, trimmed: &str, format: Format, origin: &Origin, pre: 
     }
     match fast::decode(trimmed, origin, pre, ctx.opts) {
         Some(Ok(ev)) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(Box::new(ev)), raw: None }),
-        Some(Err(e)) => out.push(Item { origin: labelled(origin, format), decoded: Decoded::Rejected(e), raw: Some(text.as_bytes().to_vec()) }),
+        Some(Err(e)) => out.push(rejected(text, origin, format, e)),
         None => return false,
     }
     true
 }
 
+/// A refused record: labelled with the format it was read as, its text kept for the dead-letter store.
+fn rejected(text: &str, origin: &Origin, format: Format, reason: String) -> Item {
+    Item { origin: labelled(origin, format), decoded: Decoded::Rejected(reason), raw: Some(text.as_bytes().to_vec()) }
+}
+
 /// A JSON object through the general mapper: parsed into a `Value` (duplicate keys and trailing bytes
 /// noticed), then routed by its shape.
 fn decode_object(text: &str, trimmed: &str, format: Format, origin: &Origin, pre: &[Warning], ctx: &Context<'_>, out: &mut Vec<Item>) {
-    let reject = |reason: String, out: &mut Vec<Item>| {
-        out.push(Item { origin: labelled(origin, format), decoded: Decoded::Rejected(reason), raw: Some(text.as_bytes().to_vec()) });
-    };
+    let reject = |reason: String, out: &mut Vec<Item>| out.push(rejected(text, origin, format, reason));
     let parsed = match json::parse(trimmed) {
         Ok(p) => p,
         Err(e) => return reject(e, out),

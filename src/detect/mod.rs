@@ -34,7 +34,7 @@ pub mod store;
 pub mod rules_test;
 pub mod sigma;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use chrono::Timelike;
@@ -179,6 +179,15 @@ pub fn network<'b>(ip: &IpAddr, v4: u8, v6: u8, buf: &'b mut [u8; 64]) -> &'b st
     std::str::from_utf8(&buf[..n]).unwrap_or_default()
 }
 
+/// `map.entry(key).or_insert_with(new)` without copying the key when it is already there (these
+/// maps are looked up for every event, and almost always hold the key).
+fn slot<'m, V>(map: &'m mut BTreeMap<String, V>, key: &str, new: impl FnOnce() -> V) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), new());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
 fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
     let v: Vec<String> = items.into_iter().collect();
     if v.is_empty() {
@@ -316,11 +325,7 @@ impl Detector {
                 }
             }
             let upstream_depth = ev.token_exchange.as_ref().and_then(|te| te.subject_token_client_id.as_deref()).map(|stc| chain_depth(rs, stc));
-            // Look up before inserting: `entry` would copy the clientId for every event.
-            if !rs.clients.contains_key(client) {
-                rs.clients.insert(client.to_string(), Default::default());
-            }
-            let Some(cs) = rs.clients.get_mut(client) else { return };
+            let cs = slot(&mut rs.clients, client, Default::default);
             client_rules(o, cs, ev, client, t, learning, late, upstream_depth, &mut out);
             cs.dirty = true;
             // Remember who was just impersonated, to catch that identity acting as an administrator.
@@ -538,12 +543,7 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
         let sw = ms(o.spray_window);
         for a in &te.audiences {
             cs.asked.push_back((t, a.clone(), ev.id.clone()));
-            match cs.asked_counts.get_mut(a) {
-                Some(n) => *n += 1,
-                None => {
-                    cs.asked_counts.insert(a.clone(), 1);
-                }
-            }
+            *slot(&mut cs.asked_counts, a, || 0) += 1;
         }
         while cs.asked.front().is_some_and(|(ft, _, _)| *ft < t - sw) {
             let Some((_, a, _)) = cs.asked.pop_front() else { break };
@@ -591,12 +591,7 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
                 _ => {}
             }
             if success && !late {
-                match cs.audiences.get_mut(a) {
-                    Some(seen) => seen.last_ms = t,
-                    None => {
-                        cs.audiences.insert(a.clone(), state::Seen { first_ms: t, last_ms: t, novel: established });
-                    }
-                }
+                slot(&mut cs.audiences, a, || state::Seen { first_ms: t, last_ms: t, novel: established }).last_ms = t;
             }
         }
         if let Some(p) = en.and_then(|e| e.policy.as_ref()).filter(|p| p.within_policy == Within::No) {

@@ -516,7 +516,9 @@ async fn complete_batch(pipeline: PipelineHandle, items: Vec<Item>, slots: Vec<R
                 let start = retry_items.len();
                 for r in &report.items[slot.items.clone()] {
                     if let (ItemStatus::Accepted, false, Some(ev)) = (r.status, r.failed.is_empty(), &r.event) {
-                        retry_items.push(Item { origin: r.origin.clone(), decoded: crate::decode::Decoded::Event(Box::new(as_decoded(ev))), raw: None });
+                        let mut ev = AuditEvent::clone(ev);
+                        ev.clear_verdicts();
+                        retry_items.push(Item { origin: r.origin.clone(), decoded: crate::decode::Decoded::Event(Box::new(ev)), raw: None });
                     }
                 }
                 retry_slots.push(RecordSlot { items: start..retry_items.len(), ..slot });
@@ -533,16 +535,6 @@ async fn complete_batch(pipeline: PipelineHandle, items: Vec<Item>, slots: Vec<R
         pending_items = retry_items;
         pending_slots = retry_slots;
     }
-}
-
-/// An event as it was decoded, before the pipeline added enrichment and findings (a retry goes
-/// through every stage again).
-fn as_decoded(ev: &AuditEvent) -> AuditEvent {
-    let mut e = ev.clone();
-    e.enrichment = None;
-    e.findings.clear();
-    e.severity = None;
-    e
 }
 
 #[cfg(test)]
