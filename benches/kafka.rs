@@ -83,7 +83,10 @@ fn main() {
                 &config.dedup,
                 &config.pipeline,
             );
-            let opts = KafkaSourceOptions { enabled: true, brokers: brokers.clone(), group_id: format!("bench-{i}"), topics: vec![topic.clone()], ..Default::default() };
+            // tansu holds each fetch for the whole fetch.wait.max.ms even with records waiting (a Kafka
+            // broker answers at once): at librdkafka's 500 ms default the broker, not kcaudit, is measured.
+            let options = [("fetch.wait.max.ms".to_string(), "5".to_string())].into();
+            let opts = KafkaSourceOptions { enabled: true, brokers: brokers.clone(), group_id: format!("bench-{i}"), topics: vec![topic.clone()], options, ..Default::default() };
             let source = KafkaSource::new(&opts, &config.decode, metrics.clone()).unwrap();
             let (stop, rx) = tokio::sync::oneshot::channel::<()>();
             let (t0, c0) = (Instant::now(), cpu_seconds());

@@ -5,9 +5,11 @@
 //! - Records are read with `enable.auto.commit=false` and `enable.auto.offset.store=false`: kcaudit,
 //!   not librdkafka, decides what is committed, with an explicit offset list (the offset of the next
 //!   record to read), never a "store this message" call with its +1 convention.
-//! - Prefetch is bounded twice: librdkafka's own queue (`queued.max.messages.kbytes`, default 64 MiB
-//!   here) and `max_in_flight_records` handed to the pipeline and not yet finished; a large lag never
-//!   becomes a large heap.
+//! - Prefetch is bounded twice: librdkafka's own queue (`queued.max.messages.kbytes`, 16 MiB here
+//!   where librdkafka defaults to 64 MiB) and `max_in_flight_records` handed to the pipeline and not
+//!   yet finished; a large lag never becomes a large heap. With the smaller queue, librdkafka must
+//!   look again soon after the queue drains (`fetch.queue.backoff.ms` 10 here, 1000 by default),
+//!   or a full queue would stall fetching for a second at a time (issue #9 measured half the rate).
 //! - On partition revocation (a rebalance) and on shutdown, the consumer waits up to
 //!   `revoke_timeout_ms` for the in-flight records of those partitions, commits what is committable
 //!   synchronously, and only then lets the partitions go. Whatever is still unfinished is redelivered
@@ -56,7 +58,8 @@ pub struct KafkaSourceOptions {
     pub max_batch_records: usize,
     /// Longest wait to fill a batch, in milliseconds.
     pub max_batch_wait_ms: u64,
-    /// Records handed to the pipeline and not yet finished before reading pauses.
+    /// Records handed to the pipeline and not yet finished before reading pauses. Each costs a few
+    /// KiB of memory while in flight; 5,000 already keeps both cores busy.
     pub max_in_flight_records: usize,
     /// How often committable offsets are committed, in milliseconds.
     pub commit_interval_ms: u64,
@@ -90,7 +93,7 @@ impl Default for KafkaSourceOptions {
             format: Format::Auto,
             max_batch_records: 500,
             max_batch_wait_ms: 50,
-            max_in_flight_records: 20_000,
+            max_in_flight_records: 5_000,
             commit_interval_ms: 1000,
             revoke_timeout_ms: 10_000,
             retry_backoff_ms: 1000,
@@ -147,7 +150,8 @@ impl KafkaSourceOptions {
     /// The librdkafka configuration.
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
         let mut c = ClientConfig::new();
-        c.set("queued.max.messages.kbytes", "65536");
+        c.set("queued.max.messages.kbytes", "16384");
+        c.set("fetch.queue.backoff.ms", "10");
         c.set("auto.offset.reset", "earliest");
         for (k, v) in &self.options {
             c.set(k, v);
