@@ -58,6 +58,7 @@ for _ in $(seq 600); do [ -s "$WORK/svc.json" ] && break; kill -0 "$SVC_PID" 2>/
 svc() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$WORK/svc.json" "$1"; }
 CH_URL=$(svc clickhouse_url)
 KAFKA=$(svc kafka_brokers)
+CH_PID=$(svc clickhouse_pid)
 [ "$(svc kafka_records)" = "$N" ] || { echo "the topic holds $(svc kafka_records) records, not $N" >&2; exit 1; }
 
 rows=()
@@ -100,13 +101,18 @@ run_http() { # name count batch connections rate sink [extra --set ...]
   shift 6
   start_server "$@"
   local c0; c0=$(cpu_of "$SERVER_PID")
+  local h0; h0=$(cpu_of "$CH_PID")
+  local t0; t0=$(date +%s.%N)
   local rep; rep=$("$BIN" loadgen --target http://127.0.0.1:18787/v1/events --count "$count" --batch "$batch" --connections "$conns" --rate "$rate" --max-seconds 300)
   # With the spool on, a 2xx means "on disk"; delivery follows. Wait (bounded) for the sink to catch up.
   local sent; sent=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['events_sent'])" "$rep")
   local got=0
   for _ in $(seq 600); do got=$(delivered "$sink"); [ "${got%.*}" -ge "$sent" ] && break; sleep 0.1; done
   local c1; c1=$(cpu_of "$SERVER_PID"); local rss; rss=$(rss_of "$SERVER_PID" VmHWM)
+  local h1; h1=$(cpu_of "$CH_PID"); local t1; t1=$(date +%s.%N)
   stop_server
+  # The ClickHouse server shares the machine: its CPU per event says who the bottleneck is.
+  [ "$sink" = clickhouse ] && python3 -c "import sys; h0, h1, t0, t1, n = map(float, sys.argv[1:]); print(f'{(h1-h0)/n*1e6:.1f} CPU s per 1M events ({(h1-h0)/(t1-t0):.2f} cores)')" "$h0" "$h1" "$t0" "$t1" "$got" >"$WORK/clickhouse_cpu"
   python3 - "$name" "$c0" "$c1" "$rss" "$got" "$rep" <<'PY'
 import json, sys
 name, c0, c1, rss, got, rep = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(float(sys.argv[5])), json.loads(sys.argv[6])
@@ -135,9 +141,13 @@ rows+=("$row")
 
 # Kafka to a blackhole: the topic was filled before kcaudit starts; timed from the first delivery to
 # the last (the group join is not throughput), CPU over the same span.
+# fetch.wait.max.ms: tansu holds every fetch for the full wait even when records are there (a Kafka
+# broker answers as soon as fetch.min.bytes, 1, is met). With librdkafka's 500 ms default a bare
+# consumer of this topic reads ~30k records/s from tansu; with 5 ms, ~350k (examples in issue #9's note).
 kafka_blackhole() {
   start_server --set webhook.listen='"127.0.0.1:18787"' --set sinks.audit_log.enabled=false --set sinks.blackhole.enabled=true \
-    --set kafka.enabled=true --set "kafka.brokers=\"$KAFKA\"" --set 'kafka.topics=["bench-events"]' --set 'kafka.group_id="bench"'
+    --set kafka.enabled=true --set "kafka.brokers=\"$KAFKA\"" --set 'kafka.topics=["bench-events"]' --set 'kafka.group_id="bench"' \
+    --set 'kafka.options={"fetch.wait.max.ms"="5"}'
   local t0 c0 got=0
   for _ in $(seq 3000); do got=$(delivered blackhole); [ "${got%.*}" -gt 0 ] && break; sleep 0.01; done
   t0=$(date +%s.%N); c0=$(cpu_of "$SERVER_PID")
@@ -171,4 +181,5 @@ echo "|---|---|---|---|---|---|---|"
 for r in "${rows[@]}"; do echo "| ${r//|/ | } |"; done
 echo
 echo "Calibration: sha256sum of the $((SIZE / 1000000)) MB event file took $CALIBRATION CPU s on this machine at the time."
+[ -s "$WORK/clickhouse_cpu" ] && echo "The ClickHouse server itself (Debian's $(curl -sf "$CH_URL/?query=SELECT%20version()" || echo '?')) used $(cat "$WORK/clickhouse_cpu") during the ClickHouse run."
 echo "Idle RSS after start: $IDLE MiB. Latency is per request as the load generator sees it (a batch request answers once every event in it is delivered)."
