@@ -4,8 +4,8 @@
 //! - `detect/1000_events`: the fixture's token-exchange events, re-timed onto a steady clock and given
 //!   fresh ids, pushed through the detector (state warm: the baselines exist).
 //! - Before the timing runs, the bench builds a state holding 1,000,000 (realm, exchanger, audience)
-//!   keys (1,000 clients × 1,000 audiences, each from its own network) and prints its serialised size
-//!   and the time to save it into redb.
+//!   keys (1,000 clients × 1,000 audiences, each from its own network) and prints its resident size
+//!   (bytes per key), its serialised size and the time to save it into redb.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -17,7 +17,40 @@ use common::fixture_events;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Resident memory of this process, in bytes (Linux).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+/// Resident bytes per key of the baselines alone: the same million keys, but each client's events
+/// 700 s apart (past `spray_window`), so its sliding windows hold one entry each.
+fn baseline_size() -> Detector {
+    let rss_before = rss_bytes();
+    let mut d = Detector::new(DetectOptions::default());
+    let base = fixture_events().into_iter().find(|e| e.event_type == "TOKEN_EXCHANGE" && e.token_exchange.as_ref().is_some_and(|t| !t.audiences.is_empty())).unwrap();
+    let t0 = 1_773_043_084_120i64;
+    for a in 0..1000 {
+        for c in 0..1000 {
+            let mut e = base.clone();
+            e.client_id = Some(format!("client-{c}"));
+            e.token_exchange.as_mut().unwrap().audiences = vec![format!("audience-{a}")];
+            e.time = chrono::DateTime::from_timestamp_millis(t0 + (a * 1000 + c) as i64 * 700);
+            d.process(&mut e);
+        }
+    }
+    let resident = rss_bytes().saturating_sub(rss_before);
+    println!(
+        "detect baselines in memory (windows drained): {:.1} MiB resident for {} keys = {:.0} bytes per key",
+        resident as f64 / 1048576.0,
+        d.state.key_count(),
+        resident as f64 / d.state.key_count().max(1) as f64
+    );
+    d
+}
+
 fn state_size() {
+    let rss_before = rss_bytes();
     let mut d = Detector::new(DetectOptions::default());
     let base = fixture_events().into_iter().find(|e| e.event_type == "TOKEN_EXCHANGE" && e.token_exchange.as_ref().is_some_and(|t| !t.audiences.is_empty())).unwrap();
     let t0 = 1_773_043_084_120i64;
@@ -30,6 +63,14 @@ fn state_size() {
             d.process(&mut e);
         }
     }
+    // The events were built and dropped one at a time, so what stayed resident is the state.
+    let resident = rss_bytes().saturating_sub(rss_before);
+    println!(
+        "detect state in memory (every key also in a full spraying window): {:.1} MiB resident for {} keys = {:.0} bytes per key",
+        resident as f64 / 1048576.0,
+        d.state.key_count(),
+        resident as f64 / d.state.key_count().max(1) as f64
+    );
     let bytes = d.state.approx_bytes();
     let dir = tempfile::tempdir().unwrap();
     let mut store = kcaudit::detect::store::StateStore::open(&dir.path().join("s.redb")).unwrap();
@@ -49,7 +90,11 @@ fn state_size() {
 fn bench(c: &mut Criterion) {
     // Only when benchmarking (`cargo bench`), not when `cargo test --all-targets` smoke-runs benches.
     if std::env::args().any(|a| a == "--bench") {
+        // Each measurement is resident growth, so the first one's state stays alive through the
+        // second (memory it freed would be reused and read as zero).
+        let kept = baseline_size();
         state_size();
+        drop(kept);
     }
     let base = fixture_events();
     let t0 = 1_773_043_084_120i64;

@@ -7,7 +7,6 @@
 //! regardless of how fast it runs.
 
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
