@@ -254,7 +254,7 @@ impl HttpSink {
         let mut owner: Vec<usize> = Vec::new();
         for (i, e) in events.iter().enumerate() {
             for r in json_records(e, self.opts.format) {
-                records.push(r.to_string());
+                records.push(r);
                 owner.push(i);
             }
         }

@@ -144,8 +144,7 @@ impl KafkaSink {
         };
         for (i, e) in events.iter().enumerate() {
             let k = key(e);
-            for r in json_records(e, self.opts.format) {
-                let payload = r.to_string();
+            for payload in json_records(e, self.opts.format) {
                 loop {
                     match self.producer.send_result(FutureRecord::to(&self.opts.topic).key(&k).payload(&payload)) {
                         Ok(f) => {

@@ -25,7 +25,7 @@ impl Sink for StdoutSink {
                 let mut buf = Vec::new();
                 for e in events {
                     for r in super::encode::json_records(e, other) {
-                        let _ = serde_json::to_writer(&mut buf, &r);
+                        buf.extend_from_slice(r.as_bytes());
                         buf.push(b'\n');
                     }
                 }

@@ -27,11 +27,14 @@ pub enum JsonFormat {
     Ecs,
 }
 
-/// The JSON records `e` becomes in `format` (OCSF gives one per finding besides the event's own).
-pub fn json_records(e: &AuditEvent, format: JsonFormat) -> Vec<serde_json::Value> {
+/// The JSON records `e` becomes in `format`, serialised (OCSF gives one per finding besides the
+/// event's own). The canonical record is written by `json_line`, byte-identical to serde_json's
+/// serialisation of the event; going through a `serde_json::Value` built a tree per event and sorted
+/// its keys (issue #9).
+pub fn json_records(e: &AuditEvent, format: JsonFormat) -> Vec<String> {
     match format {
-        JsonFormat::Canonical => vec![serde_json::to_value(e).unwrap_or_default()],
-        JsonFormat::Ocsf => ocsf::records(e),
-        JsonFormat::Ecs => vec![ecs::document(e)],
+        JsonFormat::Canonical => vec![e.to_json_line()],
+        JsonFormat::Ocsf => ocsf::records(e).iter().map(serde_json::Value::to_string).collect(),
+        JsonFormat::Ecs => vec![ecs::document(e).to_string()],
     }
 }
