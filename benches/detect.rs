@@ -23,25 +23,25 @@ fn rss_bytes() -> u64 {
     statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
 }
 
-/// Resident bytes per key of the baselines alone: the same million keys, but each client's events
-/// 700 s apart (past `spray_window`), so its sliding windows hold one entry each.
-fn baseline_size() -> Detector {
+/// Push a million exchanges through a fresh detector, the `i`-th by `pick(i)` = (client, audience,
+/// event time offset in ms), and print the resident growth per key. The events are built and
+/// dropped one at a time, so what stays resident is the state.
+fn grow_state(what: &str, pick: impl Fn(i64) -> (i64, i64, i64)) -> Detector {
     let rss_before = rss_bytes();
     let mut d = Detector::new(DetectOptions::default());
     let base = fixture_events().into_iter().find(|e| e.event_type == "TOKEN_EXCHANGE" && e.token_exchange.as_ref().is_some_and(|t| !t.audiences.is_empty())).unwrap();
     let t0 = 1_773_043_084_120i64;
-    for a in 0..1000 {
-        for c in 0..1000 {
-            let mut e = base.clone();
-            e.client_id = Some(format!("client-{c}"));
-            e.token_exchange.as_mut().unwrap().audiences = vec![format!("audience-{a}")];
-            e.time = chrono::DateTime::from_timestamp_millis(t0 + (a * 1000 + c) as i64 * 700);
-            d.process(&mut e);
-        }
+    for i in 0..1_000_000 {
+        let (c, a, ms) = pick(i);
+        let mut e = base.clone();
+        e.client_id = Some(format!("client-{c}"));
+        e.token_exchange.as_mut().unwrap().audiences = vec![format!("audience-{a}")];
+        e.time = chrono::DateTime::from_timestamp_millis(t0 + ms);
+        d.process(&mut e);
     }
     let resident = rss_bytes().saturating_sub(rss_before);
     println!(
-        "detect baselines in memory (windows drained): {:.1} MiB resident for {} keys = {:.0} bytes per key",
+        "detect {what}: {:.1} MiB resident for {} keys = {:.0} bytes per key",
         resident as f64 / 1048576.0,
         d.state.key_count(),
         resident as f64 / d.state.key_count().max(1) as f64
@@ -49,28 +49,15 @@ fn baseline_size() -> Detector {
     d
 }
 
+/// Resident bytes per key of the baselines alone: the same million keys, but each client's events
+/// 700 s apart (past `spray_window`), so its sliding windows hold one entry each.
+fn baseline_size() -> Detector {
+    grow_state("baselines in memory (windows drained)", |i| (i % 1000, i / 1000, i * 700))
+}
+
 fn state_size() {
-    let rss_before = rss_bytes();
-    let mut d = Detector::new(DetectOptions::default());
-    let base = fixture_events().into_iter().find(|e| e.event_type == "TOKEN_EXCHANGE" && e.token_exchange.as_ref().is_some_and(|t| !t.audiences.is_empty())).unwrap();
-    let t0 = 1_773_043_084_120i64;
-    for c in 0..1000 {
-        for a in 0..1000 {
-            let mut e = base.clone();
-            e.client_id = Some(format!("client-{c}"));
-            e.token_exchange.as_mut().unwrap().audiences = vec![format!("audience-{a}")];
-            e.time = chrono::DateTime::from_timestamp_millis(t0 + (c * 1000 + a) as i64);
-            d.process(&mut e);
-        }
-    }
-    // The events were built and dropped one at a time, so what stayed resident is the state.
-    let resident = rss_bytes().saturating_sub(rss_before);
-    println!(
-        "detect state in memory (every key also in a full spraying window): {:.1} MiB resident for {} keys = {:.0} bytes per key",
-        resident as f64 / 1048576.0,
-        d.state.key_count(),
-        resident as f64 / d.state.key_count().max(1) as f64
-    );
+    // Client by client, a millisecond apart: every key is also in a full spraying window.
+    let d = grow_state("state in memory (every key also in a full spraying window)", |i| (i / 1000, i % 1000, i));
     let bytes = d.state.approx_bytes();
     let dir = tempfile::tempdir().unwrap();
     let mut store = kcaudit::detect::store::StateStore::open(&dir.path().join("s.redb")).unwrap();

@@ -51,6 +51,12 @@ struct Slot {
     t: i64,
 }
 
+/// The slot numbered `seq` when `slots[0]` is numbered `first` (a free function: the index's
+/// closures need it while the index itself is borrowed mutably).
+fn slot_at(slots: &VecDeque<Slot>, first: u32, seq: u32) -> &Slot {
+    &slots[seq.wrapping_sub(first) as usize]
+}
+
 /// The window is one queue of slots in arrival order (eviction pops its front) and a hash index of
 /// the queue positions of the ids remembered. Each id is stored once, in its slot; the index holds a
 /// 4-byte position. That is ~50 bytes per remembered id (issue #9: a map of id → data beside a queue
@@ -89,15 +95,14 @@ impl Dedup {
         let key = Key::of(&ev.id);
         let hash = self.hasher.hash_one(&key);
         let (slots, first) = (&self.slots, self.first);
-        let at = |seq: u32| &slots[seq.wrapping_sub(first) as usize];
-        if let Some(&seq) = self.index.find(hash, |&seq| at(seq).key == key) {
-            return if at(seq).fingerprint == fp { Verdict::Duplicate } else { Verdict::Conflict };
+        if let Some(&seq) = self.index.find(hash, |&seq| slot_at(slots, first, seq).key == key) {
+            return if slot_at(slots, first, seq).fingerprint == fp { Verdict::Duplicate } else { Verdict::Conflict };
         }
         self.newest_ms = self.newest_ms.max(t);
         let seq = self.first.wrapping_add(self.slots.len() as u32);
         self.slots.push_back(Slot { key, fingerprint: fp, t });
         let (slots, first, hasher) = (&self.slots, self.first, &self.hasher);
-        self.index.insert_unique(hash, seq, |&s| hasher.hash_one(&slots[s.wrapping_sub(first) as usize].key));
+        self.index.insert_unique(hash, seq, |&s| hasher.hash_one(&slot_at(slots, first, s).key));
         self.evict();
         Verdict::New
     }
@@ -106,7 +111,7 @@ impl Dedup {
     pub fn forget(&mut self, id: &str) {
         let key = Key::of(id);
         let (slots, first) = (&self.slots, self.first);
-        if let Ok(entry) = self.index.find_entry(self.hasher.hash_one(&key), |&seq| slots[seq.wrapping_sub(first) as usize].key == key) {
+        if let Ok(entry) = self.index.find_entry(self.hasher.hash_one(&key), |&seq| slot_at(slots, first, seq).key == key) {
             entry.remove();
         }
     }
@@ -138,7 +143,7 @@ impl Dedup {
         if self.slots.capacity() > 4096 && self.slots.len() < self.slots.capacity() / 4 {
             self.slots.shrink_to(self.slots.len() * 2);
             let (slots, first, hasher) = (&self.slots, self.first, &self.hasher);
-            self.index.shrink_to(self.index.len(), |&s| hasher.hash_one(&slots[s.wrapping_sub(first) as usize].key));
+            self.index.shrink_to(self.index.len(), |&s| hasher.hash_one(&slot_at(slots, first, s).key));
         }
     }
 }
