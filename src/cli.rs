@@ -111,6 +111,10 @@ pub enum Command {
         /// Write the events as NDJSON to this file (`-` for stdout) instead of sending them.
         #[arg(long, short = 'o')]
         out: Option<PathBuf>,
+        /// Also write a directory snapshot naming every client, user and audience of the traffic
+        /// (for `enrich.directory`), so enrichment finds what it looks up, as in production.
+        #[arg(long)]
+        directory: Option<PathBuf>,
         /// Events to generate.
         #[arg(long, default_value_t = 100_000)]
         count: u64,
@@ -276,9 +280,15 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Validate(args) => validate(&args),
-        Command::Loadgen { target, out, count, batch, connections, rate, max_seconds, format, error_share, clients, users, audiences, seed, secret_env } => {
+        Command::Loadgen { target, out, directory, count, batch, connections, rate, max_seconds, format, error_share, clients, users, audiences, seed, secret_env } => {
             let gen = crate::loadgen::GenOptions { seed, clients, users, audiences, error_share, format, ..Default::default() };
             let result: anyhow::Result<()> = (|| {
+                if let Some(dir) = &directory {
+                    crate::loadgen::write_directory(&gen, dir).map_err(|e| anyhow::anyhow!("writing the directory snapshot {}: {e}", dir.display()))?;
+                    if out.is_none() && target.is_none() {
+                        return Ok(());
+                    }
+                }
                 if let Some(path) = out {
                     let mut w: Box<dyn std::io::Write> = if path.as_os_str() == "-" { Box::new(std::io::stdout().lock()) } else { Box::new(std::fs::File::create(&path)?) };
                     let mut w = std::io::BufWriter::new(&mut w);

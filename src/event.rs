@@ -14,6 +14,7 @@
 //! - `details` keeps *every* detail Keycloak sent (capped), even those lifted into typed fields: an
 //!   analyst can always see the original evidence.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,6 +22,9 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, Serializer};
+
+mod details;
+pub use details::{Details, Text};
 
 /// Version of this record layout; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -81,7 +85,8 @@ pub struct AuditEvent {
     pub token_exchange: Option<TokenExchange>,
     /// Every detail Keycloak sent, as strings, sorted by key. Capped (see `decode` config): entries beyond
     /// the cap or values over the size limit are cut and a warning says so.
-    pub details: BTreeMap<String, String>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub details: Details,
     /// Admin-event facts (present when `kind` is `admin`).
     pub admin: Option<AdminInfo>,
     /// Context about the exchanger, the subject, the audiences and the realm's exchange policy, from
@@ -182,8 +187,8 @@ pub struct TokenExchange {
     pub actor: Option<String>,
     /// Inferred implementation.
     pub flavour: ExchangeFlavour,
-    /// Why `flavour` was chosen, in words.
-    pub flavour_reason: String,
+    /// Why `flavour` was chosen, in words (one of a fixed set of sentences, so not copied per event).
+    pub flavour_reason: Cow<'static, str>,
 }
 
 /// Admin-event facts.

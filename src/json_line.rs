@@ -12,7 +12,6 @@
 //! every fixture event, on an event with every optional part present, and on random strings. A field
 //! added to the model without being added here fails those tests.
 
-use std::collections::BTreeMap;
 
 use crate::event::*;
 
@@ -375,17 +374,18 @@ fn strings(out: &mut Vec<u8>, items: &[String]) {
     list(out, items, |out, s| string(out, s));
 }
 
-fn string_map(out: &mut Vec<u8>, m: &BTreeMap<String, String>) {
-    map(out, m, |out, v| string(out, v));
+fn string_map<K: AsRef<str>, V: AsRef<str>>(out: &mut Vec<u8>, m: impl IntoIterator<Item = (K, V)>) {
+    map(out, m, |out, v| string(out, v.as_ref()));
 }
 
-fn map<V>(out: &mut Vec<u8>, m: &BTreeMap<String, V>, mut write: impl FnMut(&mut Vec<u8>, &V)) {
+/// A JSON object from pairs in key order (a `BTreeMap`, or [`crate::event::Details`]).
+fn map<K: AsRef<str>, V>(out: &mut Vec<u8>, m: impl IntoIterator<Item = (K, V)>, mut write: impl FnMut(&mut Vec<u8>, V)) {
     out.push(b'{');
-    for (i, (k, v)) in m.iter().enumerate() {
+    for (i, (k, v)) in m.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        string(out, k);
+        string(out, k.as_ref());
         out.push(b':');
         write(out, v);
     }
@@ -434,6 +434,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use proptest::prelude::*;
     use std::sync::Arc;
 
@@ -500,7 +501,7 @@ mod tests {
                 flavour: ExchangeFlavour::LegacyV1,
                 flavour_reason: odd.into(),
             }),
-            details: BTreeMap::from([(odd.to_string(), odd.to_string()), ("audience".to_string(), "a b".to_string())]),
+            details: [(odd, odd), ("audience", "a b")].into_iter().collect(),
             admin: Some(AdminInfo {
                 operation: Some("UPDATE".into()),
                 resource_type: Some("CLIENT".into()),

@@ -17,6 +17,35 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+/// The realm every generated event happens in (the shared fixtures' `acme-prod`, so the fixture
+/// directory resolves it too).
+pub const REALM_ID: &str = "4f660473-c22b-4858-a484-cd314a37e778";
+pub const REALM_NAME: &str = "acme-prod";
+/// The client V2 subject tokens were issued to.
+const PORTAL: &str = "web-portal";
+
+fn client_name(c: usize) -> String {
+    format!("client-{c}")
+}
+fn audience_name(a: usize) -> String {
+    format!("api-{a}")
+}
+fn user_id(u: usize) -> String {
+    format!("00000000-0000-4000-8000-{u:012}")
+}
+fn username(u: usize) -> String {
+    format!("user{u}")
+}
+/// Every fifth client uses legacy V1 token exchange.
+fn is_v1(c: usize) -> bool {
+    c % 5 == 0
+}
+/// The audiences client `c` exchanges to (each client has a few of its own, so first-seen baselines
+/// are realistic).
+fn audience_of(c: usize, pick: usize, audiences: usize) -> usize {
+    (c * 7 + pick) % audiences.max(1)
+}
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenOptions {
@@ -58,16 +87,15 @@ impl Generator {
         let rng = &mut self.rng;
         let client = rng.gen_range(0..o.clients.max(1));
         let user = rng.gen_range(0..o.users.max(1));
-        // Each client uses a few audiences of its own, so first-seen baselines are realistic.
-        let aud = (client * 7 + rng.gen_range(0..3)) % o.audiences.max(1);
+        let aud = audience_of(client, rng.gen_range(0..3), o.audiences);
         let error = rng.gen_bool(o.error_share.clamp(0.0, 1.0));
-        let v1 = client % 5 == 0;
+        let v1 = is_v1(client);
         let time = o.start_ms + (i as i64) * 10;
         let id = format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (o.seed as u32).wrapping_add(i as u32), (i >> 32) as u16, client % 4096, user % 4096, i);
         let mut details = serde_json::Map::new();
         details.insert("auth_method".into(), json!("token_exchange"));
         details.insert("grant_type".into(), json!("urn:ietf:params:oauth:grant-type:token-exchange"));
-        details.insert("audience".into(), json!(format!("api-{aud}")));
+        details.insert("audience".into(), json!(audience_name(aud)));
         details.insert("client_auth_method".into(), json!("client-secret"));
         details.insert("scope".into(), json!("profile email"));
         if v1 {
@@ -75,30 +103,30 @@ impl Generator {
             details.insert("token_id".into(), json!(format!("onrtna:{id}")));
         } else {
             details.insert("requested_token_type".into(), json!("urn:ietf:params:oauth:token-type:access_token"));
-            details.insert("subject_token_client_id".into(), json!("web-portal"));
-            details.insert("username".into(), json!(format!("user{user}")));
+            details.insert("subject_token_client_id".into(), json!(PORTAL));
+            details.insert("username".into(), json!(username(user)));
             details.insert("token_id".into(), json!(format!("onrtte:{id}")));
         }
         let mut ev = json!({
             "id": id,
             "time": time,
             "type": if error { "TOKEN_EXCHANGE_ERROR" } else { "TOKEN_EXCHANGE" },
-            "realmId": "4f660473-c22b-4858-a484-cd314a37e778",
-            "clientId": format!("client-{client}"),
+            "realmId": REALM_ID,
+            "clientId": client_name(client),
             "ipAddress": format!("10.42.{}.{}", client % 250, 1 + client % 200),
         });
         if error {
             ev["error"] = json!("not_allowed");
             details.insert("reason".into(), json!("client not allowed to exchange to audience"));
         } else {
-            ev["userId"] = json!(format!("00000000-0000-4000-8000-{user:012}"));
+            ev["userId"] = json!(user_id(user));
             ev["sessionId"] = json!(format!("10000000-0000-4000-8000-{user:012}"));
         }
         ev["details"] = serde_json::Value::Object(details);
         if o.format == "p2inc" {
             let t = ev["type"].as_str().unwrap_or("TOKEN_EXCHANGE").to_string();
             ev["type"] = json!(format!("access.{t}"));
-            ev["realmName"] = json!("acme-prod");
+            ev["realmName"] = json!(REALM_NAME);
             ev["uid"] = json!(format!("d-{id}"));
             let auth = json!({"realmId": "acme-prod", "clientId": ev["clientId"].clone(), "userId": ev.get("userId").cloned().unwrap_or(serde_json::Value::Null), "ipAddress": ev["ipAddress"].clone()});
             ev["authDetails"] = auth;
@@ -246,4 +274,92 @@ pub fn write_file(gen: GenOptions, count: u64, out: &mut dyn Write) -> std::io::
         out.write_all(b"\n")?;
     }
     Ok(())
+}
+
+/// Write a directory snapshot (`realms.json`, `<realm>.clients.json`, `<realm>.users.json`, the layout
+/// `kcaudit directory sync` writes) in which every client, audience and user the generated events
+/// name exists, so a benchmark measures enrichment that finds what it looks up (as in production),
+/// not a miss per event. V2 clients have standard token exchange enabled and an audience mapper for
+/// each audience they use; V1 clients have neither (their permissions are not in a snapshot).
+pub fn write_directory(gen: &GenOptions, dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let uuid = |kind: u8, n: usize| format!("{kind:08x}-0000-4000-8000-{n:012}");
+    let mut clients: Vec<serde_json::Value> = (0..gen.clients.max(1))
+        .map(|c| {
+            let mut rep = json!({
+                "id": uuid(1, c), "clientId": client_name(c), "name": format!("Service {c}"), "enabled": true,
+                "publicClient": false, "bearerOnly": false, "serviceAccountsEnabled": true, "protocol": "openid-connect",
+                "attributes": {}, "defaultClientScopes": [], "optionalClientScopes": [], "protocolMappers": [],
+            });
+            if !is_v1(c) {
+                rep["attributes"]["standard.token.exchange.enabled"] = json!("true");
+                let mut mine: Vec<usize> = (0..3).map(|p| audience_of(c, p, gen.audiences)).collect();
+                mine.dedup();
+                rep["protocolMappers"] = mine
+                    .into_iter()
+                    .map(|a| json!({"name": format!("aud-{a}"), "protocol": "openid-connect", "protocolMapper": "oidc-audience-mapper",
+                                    "config": {"included.client.audience": audience_name(a), "access.token.claim": "true"}}))
+                    .collect();
+            }
+            rep
+        })
+        .collect();
+    clients.extend((0..gen.audiences.max(1)).map(|a| {
+        json!({"id": uuid(2, a), "clientId": audience_name(a), "enabled": true, "publicClient": false, "bearerOnly": true, "protocol": "openid-connect", "attributes": {}})
+    }));
+    clients.push(json!({"id": uuid(3, 0), "clientId": PORTAL, "name": "Web portal", "enabled": true, "publicClient": true, "protocol": "openid-connect", "attributes": {}}));
+    let users: Vec<serde_json::Value> = (0..gen.users.max(1)).map(|u| json!({"id": user_id(u), "username": username(u), "enabled": true, "attributes": {}})).collect();
+    let write = |name: &str, v: &serde_json::Value| std::fs::write(dir.join(name), serde_json::to_vec(v)?);
+    write("realms.json", &json!([{"id": REALM_ID, "realm": REALM_NAME, "enabled": true}]))?;
+    write(&format!("{REALM_NAME}.clients.json"), &serde_json::Value::Array(clients))?;
+    write(&format!("{REALM_NAME}.users.json"), &serde_json::Value::Array(users))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode_body, Context, Decoded, DecodeOptions, Format};
+    use crate::directory::Directory;
+    use crate::event::Origin;
+
+    /// Everything the generated events name is in the generated directory: the exchanger, the
+    /// subject, every audience, the subject token's client; V2 exchangers grant their audiences.
+    #[test]
+    fn the_generated_directory_knows_every_client_user_and_audience_the_events_name() {
+        let gen = GenOptions { clients: 40, users: 300, audiences: 12, error_share: 0.1, ..Default::default() };
+        let dir = tempfile::tempdir().unwrap();
+        write_directory(&gen, dir.path()).unwrap();
+        let directory = Directory::load_snapshot(dir.path()).unwrap();
+        let realm = directory.realm(REALM_NAME).expect("realm");
+        let mut body = Vec::new();
+        write_file(gen, 2000, &mut body).unwrap();
+        let opts = DecodeOptions::default();
+        let ctx = Context { opts: &opts, tz: chrono_tz::UTC, deliveries: None, lines_may_be_noise: false };
+        let mut items = Vec::new();
+        decode_body(&body, Format::Auto, &Origin::default(), &ctx, &mut items);
+        assert_eq!(items.len(), 2000);
+        let (mut v2_granted, mut users) = (0, 0);
+        for item in &items {
+            let Decoded::Event(e) = &item.decoded else { panic!("{:?}", item.decoded) };
+            assert_eq!(e.realm.id.as_deref(), Some(REALM_ID));
+            let exchanger = realm.client(e.client_id.as_deref().unwrap()).expect("exchanger in the directory");
+            let te = e.token_exchange.as_ref().unwrap();
+            for a in &te.audiences {
+                assert!(realm.client(a).is_some(), "audience {a}");
+                if exchanger.standard_token_exchange_enabled() {
+                    assert!(exchanger.audience_mapper_audiences().contains(a), "{:?} does not grant {a}", exchanger.client_id);
+                    v2_granted += 1;
+                }
+            }
+            if let Some(stc) = &te.subject_token_client_id {
+                assert!(realm.client(stc).is_some(), "{stc}");
+            }
+            if let Some(u) = &e.subject.id {
+                assert!(realm.user(u).is_some(), "user {u}");
+                users += 1;
+            }
+        }
+        assert!(v2_granted > 1000 && users > 1500, "{v2_granted} V2 audiences, {users} users checked");
+    }
 }

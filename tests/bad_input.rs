@@ -59,7 +59,7 @@ fn time_encodings_are_normalised_and_seconds_never_read_as_millis() {
 fn wrong_types_are_kept_as_text_with_a_warning() {
     let e = one_event(GOOD.replace(r#""userId":"u1""#, r#""userId":42"#).replace(r#""audience":"orders-api""#, r#""audience":["a","b"]"#).as_bytes());
     assert_eq!(e.subject.id.as_deref(), Some("42"));
-    assert_eq!(e.details["audience"], r#"["a","b"]"#);
+    assert_eq!(e.details.get("audience"), Some(r#"["a","b"]"#));
     assert_eq!(codes(&e).iter().filter(|c| *c == "wrong_type").count(), 2);
     let e = one_event(GOOD.replace(r#""details":{"#, r#""details":"oops","x":{"#).as_bytes());
     assert!(codes(&e).contains(&"wrong_type".to_string()));
@@ -94,7 +94,7 @@ fn invalid_utf8_is_replaced_and_reported() {
     body[pos] = 0xFF; // invalid byte inside the username value
     let e = one_event(&body);
     assert!(codes(&e).contains(&"invalid_utf8".to_string()));
-    assert!(e.details["username"].contains('\u{FFFD}'));
+    assert!(e.details.get("username").unwrap().contains('\u{FFFD}'));
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn huge_detail_maps_and_values_are_capped_with_warnings() {
     let big = GOOD.replace(r#""username":"alice""#, &format!(r#""username":"{}""#, "é".repeat(5000)));
     let items = decode_with(big.as_bytes(), Format::Auto, &DecodeOptions { max_detail_value_bytes: 101, ..Default::default() });
     let Decoded::Event(e) = &items[0].decoded else { panic!() };
-    assert_eq!(e.details["username"].len(), 100, "cut on a character boundary");
+    assert_eq!(e.details.get("username").unwrap().len(), 100, "cut on a character boundary");
     assert!(codes(e).contains(&"value_truncated".to_string()));
 }
 
@@ -174,7 +174,7 @@ fn jboss_line_injection_cannot_forge_fields() {
     let Decoded::Event(e) = &items[0].decoded else { panic!("{:?}", items[0].decoded) };
     assert_eq!(e.subject.id, None, "userId=\"null\" means absent; the injected userId stays inside reason");
     assert_eq!(e.realm.id.as_deref(), Some("r"));
-    assert!(e.details["reason"].contains("userId=\"evil\""));
+    assert!(e.details.get("reason").unwrap().contains("userId=\"evil\""));
     assert_eq!(e.token_exchange.as_ref().unwrap().requested_subject.as_deref(), Some("ops.admin"));
 }
 
@@ -183,7 +183,7 @@ fn trace_cookies_are_redacted() {
     let line = r#"2026-03-09 07:58:04,123 TRACE [org.keycloak.events] (t) type="LOGIN", realmId="r", realmName="acme", clientId="c", userId="u", ipAddress="10.0.0.1", requestUri="https://kc/realms/acme/token", cookies=[KEYCLOAK_SESSION=secret-session-value]"#;
     let items = decode(line.as_bytes(), Format::JbossLogging);
     let Decoded::Event(e) = &items[0].decoded else { panic!("{:?}", items[0].decoded) };
-    assert_eq!(e.details["cookies"], "[redacted]");
+    assert_eq!(e.details.get("cookies"), Some("[redacted]"));
     assert!(!e.to_json_line().contains("secret-session-value"));
 }
 

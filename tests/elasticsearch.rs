@@ -483,7 +483,7 @@ async fn template_maps_every_field_of_every_fixture_document_with_agreeing_types
     // not an IP.
     let mut live = events[2].clone();
     live.received_at = Some(chrono::Utc::now());
-    live.details.insert(String::new(), "blank key".into());
+    live.details.insert("".into(), "blank key".into());
     live.details.insert("custom.dotted.key".into(), "v".into());
     live.ip_address = Some("unknown".into());
     live.ip = None;

@@ -542,10 +542,10 @@ fn hostile_event(v: &Evil) -> AuditEvent {
     e.subject.id = Some(v.user_id.clone());
     e.subject.username = Some(v.username.clone());
     e.session_id = Some(v.session.clone());
-    e.details.insert("audience".into(), v.audience.clone());
-    e.details.insert("scope".into(), v.scope.clone());
-    e.details.insert("x-evil".into(), v.detail.clone());
-    e.details.insert("reason".into(), v.detail.clone());
+    e.details.insert("audience".into(), v.audience.as_str().into());
+    e.details.insert("scope".into(), v.scope.as_str().into());
+    e.details.insert("x-evil".into(), v.detail.as_str().into());
+    e.details.insert("reason".into(), v.detail.as_str().into());
     let te = e.token_exchange.as_mut().unwrap();
     te.exchanger = Some(v.client.clone());
     te.audiences = vec![v.audience.clone()];

@@ -14,7 +14,7 @@ async fn documented_listener_shapes_decode() {
     let ids: Vec<&str> = evs.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, vec!["v1", "v2", "m1", "h1", "vy2"]);
     // vymalo over syslog: the JSON inside the syslog frame, Gson's \u003d decoded; envelope kept.
-    assert_eq!(evs[0].details["redirect_uri"], "https://x/?a=b");
+    assert_eq!(evs[0].details.get("redirect_uri"), Some("https://x/?a=b"));
     assert_eq!(evs[0].origin.log.as_ref().unwrap().host.as_deref(), Some("kc-host"));
     // p2-inc MDC logger: details rebuilt from event.detailsJson.
     assert_eq!(evs[2].token_exchange.as_ref().unwrap().subject_token_client_id.as_deref(), Some("web-portal"));

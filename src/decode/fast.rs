@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::draft::Draft;
 use super::{DecodeOptions, Format};
-use crate::event::{AuditEvent, EventKind, Origin, TimeSource, Warning};
+use crate::event::{AuditEvent, EventKind, Origin, Text, TimeSource, Warning};
 
 /// The keys of a plain user event; any other key (or a null in any of them) leaves the fast path.
 #[derive(Deserialize)]
@@ -40,7 +40,7 @@ struct Plain {
     #[serde(default, deserialize_with = "text")]
     error: Option<String>,
     #[serde(default, deserialize_with = "details")]
-    details: Vec<(String, String)>,
+    details: Vec<(Text, Text)>,
 }
 
 /// A present field must be a string: `null` (which the general path treats as absent, but which
@@ -51,16 +51,17 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 
 /// `details`: an object of strings, in key order (the order the general path reads them in, which
 /// decides which details a cap drops); a duplicate key leaves the fast path (the general path warns).
-fn details<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+/// Keys and values are read as [`Text`]: short ones (most of them) need no allocation.
+fn details<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Text, Text)>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
-        type Value = Vec<(String, String)>;
+        type Value = Vec<(Text, Text)>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("an object of strings")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out: Vec<(String, String)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
-            while let Some((k, v)) = map.next_entry::<String, String>()? {
+            let mut out: Vec<(Text, Text)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+            while let Some((k, v)) = map.next_entry::<Text, Text>()? {
                 out.push((k, v));
             }
             out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -102,7 +103,7 @@ pub fn decode(text: &str, origin: &Origin, pre: &[Warning], opts: &DecodeOptions
     draft.user_id = p.user_id.filter(|u| u != "null");
     draft.session_id = p.session_id;
     draft.ip_address = p.ip_address;
-    draft.username = p.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.clone());
+    draft.username = p.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.to_string());
     draft.details = p.details;
     Some(draft.finish(opts))
 }

@@ -233,10 +233,10 @@ fn from_pairs(pairs: Vec<(String, String)>, mut d: Draft, ctx: &Context<'_>) -> 
                 a.representation = Some(r);
             }
             (key, _) if REDACTED_KEYS.contains(&key) => {
-                d.details.push((key.to_string(), "[redacted]".into()));
+                d.details.push((key.into(), "[redacted]".into()));
                 d.warn("credential_redacted", format!("{key} (TRACE-level request data) holds credentials; redacted"));
             }
-            (_, _) => d.details.push((k, val.unwrap_or_else(|| "null".into()))),
+            (_, _) => d.details.push((k.into(), val.map_or_else(|| "null".into(), Text::from))),
         }
     }
     if admin {
@@ -250,7 +250,7 @@ fn from_pairs(pairs: Vec<(String, String)>, mut d: Draft, ctx: &Context<'_>) -> 
         d.admin = Some(a);
     } else {
         d.kind = Some(EventKind::User);
-        d.username = d.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.clone());
+        d.username = d.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.to_string());
     }
     d.finish(ctx.opts)
 }

@@ -151,7 +151,7 @@ pub fn decode(obj: &Map<String, Value>, mut draft: Draft, opts: &DecodeOptions) 
     }
     f.read_details();
     if kind == EventKind::User && f.draft.username.is_none() {
-        f.draft.username = f.draft.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.clone());
+        f.draft.username = f.draft.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.to_string());
     }
     if f.draft.user_id.as_deref() == Some("null") {
         f.draft.user_id = None;
@@ -231,7 +231,7 @@ impl Fields<'_, '_> {
                 for (k, v) in m {
                     match v {
                         Value::Null => {}
-                        Value::String(s) => self.draft.details.push((k.clone(), s.clone())),
+                        Value::String(s) => self.draft.details.push((k.as_str().into(), s.as_str().into())),
                         other => {
                             let text = match other {
                                 Value::Bool(_) | Value::Number(_) => other.to_string(),
@@ -241,7 +241,7 @@ impl Fields<'_, '_> {
                                 "wrong_type",
                                 format!("details.{k} is a {}, expected a string; kept as its JSON text", time::type_name(other)),
                             );
-                            self.draft.details.push((k.clone(), text));
+                            self.draft.details.push((k.as_str().into(), text.into()));
                         }
                     }
                 }
@@ -262,7 +262,7 @@ impl Fields<'_, '_> {
                 other => serde_json::to_string(other).unwrap_or_default(),
             };
             if !self.draft.details.iter().any(|(dk, _)| dk == k) {
-                self.draft.details.push((k.clone(), text));
+                self.draft.details.push((k.as_str().into(), text.into()));
             }
         }
         if let Some(uid) = self.obj.get("uid").and_then(Value::as_str) {

@@ -6,7 +6,6 @@
 //! `DateTime64(3)` is an `Int64` of milliseconds, `Bool` one byte, `Map(String,String)` a length then
 //! key/value pairs, `LowCardinality(String)` the same bytes as `String`.
 
-use std::collections::BTreeMap;
 
 use clickhouse::Row;
 use serde::Serialize;
@@ -142,7 +141,7 @@ impl<'a> EventRow<'a> {
             subject_issuer: te_str(|t| &t.subject_issuer),
             actor: te_str(|t| &t.actor),
             flavour: te.map(|t| t.flavour.name()).unwrap_or(""),
-            flavour_reason: te.map(|t| t.flavour_reason.as_str()).unwrap_or(""),
+            flavour_reason: te.map(|t| &*t.flavour_reason).unwrap_or(""),
             admin_operation: ad_str(|a| &a.operation),
             admin_resource_type: ad_str(|a| &a.resource_type),
             admin_resource_path: ad_str(|a| &a.resource_path),
@@ -191,7 +190,7 @@ impl<'a> EventRow<'a> {
 /// JSON object in a `String` column (the only lossless choice on older servers).
 #[derive(Debug, Clone, Copy)]
 pub struct Details<'a> {
-    pub map: &'a BTreeMap<String, String>,
+    pub map: &'a crate::event::Details,
     pub as_json: bool,
 }
 

@@ -36,7 +36,6 @@
 //!   kcaudit's own facts (findings, warnings, provenance) under `kcaudit.*`. Absent values are left
 //!   out rather than written as null.
 
-use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
@@ -140,8 +139,9 @@ pub fn flattened_key(k: &str) -> String {
     }
 }
 
-fn flattened<V: Into<Value> + Clone>(m: &BTreeMap<String, V>) -> Value {
-    Value::Object(m.iter().map(|(k, v)| (flattened_key(k), v.clone().into())).collect())
+/// A `flattened` object from pairs (a `BTreeMap`, or [`crate::event::Details`]).
+fn flattened<K: AsRef<str>, V: Into<Value>>(m: impl IntoIterator<Item = (K, V)>) -> Value {
+    Value::Object(m.into_iter().map(|(k, v)| (flattened_key(k.as_ref()), v.into())).collect())
 }
 
 fn push_unique(list: &mut Vec<String>, v: Option<&str>) {
@@ -168,7 +168,6 @@ fn client_info(c: Option<&ClientInfo>) -> Value {
 
 fn user_info(u: Option<&UserInfo>) -> Value {
     let Some(u) = u else { return Value::Null };
-    let attributes: BTreeMap<String, Vec<String>> = u.attributes.clone();
     Obj::new()
         .str("id", u.id.as_deref())
         .str("username", u.username.as_deref())
@@ -178,7 +177,7 @@ fn user_info(u: Option<&UserInfo>) -> Value {
         .str("service_account_client_id", u.service_account_client_id.as_deref())
         .bool("privileged", Some(u.privileged))
         .str("privileged_reason", u.privileged_reason.as_deref())
-        .val("attributes", flattened(&attributes))
+        .val("attributes", flattened(u.attributes.iter().map(|(k, v)| (k, v.clone()))))
         .done()
 }
 
@@ -259,7 +258,7 @@ pub fn document(e: &AuditEvent) -> Value {
         .str("action", Some(&action(&e.event_type)))
         .str("outcome", Some(e.outcome.name()))
         .str("code", e.error.as_deref())
-        .str("reason", e.details.get("reason").map(String::as_str))
+        .str("reason", e.details.get("reason"))
         .str("id", Some(&e.id))
         .str("created", e.received_at.as_ref().map(format_time).as_deref())
         .num("severity", worst.map(severity_rank))
@@ -398,7 +397,7 @@ pub fn document(e: &AuditEvent) -> Value {
         .val("session", Obj::new().str("id", e.session_id.as_deref()).done())
         .str("error", e.error.as_deref());
     if !is_admin {
-        let d = |k: &str| e.details.get(k).map(String::as_str);
+        let d = |k: &str| e.details.get(k);
         kc.val(
             "login",
             Obj::new()
@@ -515,6 +514,7 @@ pub fn document(e: &AuditEvent) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use crate::event::*;
     use std::sync::Arc;
 

@@ -361,7 +361,7 @@ fn status(r: &mut Map<String, Value>, e: &AuditEvent) {
                 r.insert("status_code".into(), json!(err));
             }
             // Keycloak's `details.reason` explains the error in words, when it sent one.
-            let detail = e.details.get("reason").map(String::as_str).filter(|s| !s.is_empty()).or(e.error.as_deref());
+            let detail = e.details.get("reason").filter(|s| !s.is_empty()).or(e.error.as_deref());
             if let Some(d) = detail.filter(|s| !s.is_empty()) {
                 r.insert("status_detail".into(), json!(d));
             }
@@ -389,7 +389,7 @@ fn auth_protocol(e: &AuditEvent) -> Option<(u32, &'static str)> {
     if e.is_token_exchange() {
         return Some((6, "OAUTH 2.0"));
     }
-    match e.details.get("auth_method").map(String::as_str) {
+    match e.details.get("auth_method") {
         Some("openid-connect") => Some((4, "OpenID")),
         Some("saml") => Some((5, "SAML")),
         _ if e.details.contains_key("grant_type") => Some((6, "OAUTH 2.0")),
