@@ -29,6 +29,9 @@ pub use details::{Details, Text};
 /// Version of this record layout; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
+// Parts most events lack (admin facts; in `Origin`, the log envelope and the Kafka coordinates)
+// are boxed: an event is moved several times between decoding and delivery, and those moves
+// copied every byte of the absent parts too (issue #9).
 /// One normalised Keycloak event (user event or admin event).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -88,7 +91,7 @@ pub struct AuditEvent {
     #[schemars(with = "BTreeMap<String, String>")]
     pub details: Details,
     /// Admin-event facts (present when `kind` is `admin`).
-    pub admin: Option<AdminInfo>,
+    pub admin: Option<Box<AdminInfo>>,
     /// Context about the exchanger, the subject, the audiences and the realm's exchange policy, from
     /// the Keycloak directory (null when enrichment is not configured).
     pub enrichment: Option<Enrichment>,
@@ -161,30 +164,42 @@ pub enum ExchangeFlavour {
     Unknown,
 }
 
+// The texts are `Text`: client ids, audiences and scopes are short and kept inline, without an
+// allocation each (issue #9).
 /// Token-exchange facts lifted from the details.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenExchange {
     /// The requesting client (`clientId` of the event).
-    pub exchanger: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub exchanger: Option<Text>,
     /// `details.audience` split on whitespace (V2 joins several audiences with spaces).
-    pub audiences: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub audiences: Vec<Text>,
     /// The client the subject token was originally issued to (`azp`); V2 only.
-    pub subject_token_client_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub subject_token_client_id: Option<Text>,
     /// V1 impersonation target as sent by the caller (a username or an id; attacker-controlled).
-    pub requested_subject: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub requested_subject: Option<Text>,
     /// V1 impersonation: the username of the subject-token user. Absent for "naked" impersonation.
-    pub impersonator: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub impersonator: Option<Text>,
     /// Requested token type (`urn:ietf:params:oauth:token-type:...`).
-    pub requested_token_type: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub requested_token_type: Option<Text>,
     /// Granted scope.
-    pub scope: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub scope: Option<Text>,
     /// V1 internal-to-external: the identity-provider alias asked for.
-    pub requested_issuer: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub requested_issuer: Option<Text>,
     /// External-to-internal: the issuer of the external subject token (attacker-controlled).
-    pub subject_issuer: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub subject_issuer: Option<Text>,
     /// Delegation (experimental, Keycloak 26.8): the acting party from `details.actor`.
-    pub actor: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub actor: Option<Text>,
     /// Inferred implementation.
     pub flavour: ExchangeFlavour,
     /// Why `flavour` was chosen, in words (one of a fixed set of sentences, so not copied per event).
@@ -246,10 +261,10 @@ pub struct Origin {
     /// p2-inc delivery id (`uid`), which is per webhook delivery, not per event.
     pub delivery_id: Option<String>,
     /// The log line's envelope, for log inputs.
-    pub log: Option<LogEnvelope>,
+    pub log: Option<Box<LogEnvelope>>,
     /// Where the record sat in Kafka, with its key and headers (Kafka inputs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kafka: Option<KafkaRecord>,
+    pub kafka: Option<Box<KafkaRecord>>,
 }
 
 /// A Kafka record's coordinates and metadata (the value is what was decoded).

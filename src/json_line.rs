@@ -370,8 +370,8 @@ fn list<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &
     out.push(b']');
 }
 
-fn strings(out: &mut Vec<u8>, items: &[String]) {
-    list(out, items, |out, s| string(out, s));
+fn strings<S: AsRef<str>>(out: &mut Vec<u8>, items: &[S]) {
+    list(out, items, |out, s| string(out, s.as_ref()));
 }
 
 fn string_map<K: AsRef<str>, V: AsRef<str>>(out: &mut Vec<u8>, m: impl IntoIterator<Item = (K, V)>) {
@@ -502,7 +502,7 @@ mod tests {
                 flavour_reason: odd.into(),
             }),
             details: [(odd, odd), ("audience", "a b")].into_iter().collect(),
-            admin: Some(AdminInfo {
+            admin: Some(Box::new(AdminInfo {
                 operation: Some("UPDATE".into()),
                 resource_type: Some("CLIENT".into()),
                 resource_path: Some("clients/x".into()),
@@ -516,7 +516,7 @@ mod tests {
                     username: Some("admin".into()),
                     ip_address: Some("10.0.0.1".into()),
                 },
-            }),
+            })),
             enrichment: Some(Enrichment {
                 status: EnrichmentStatus::Partial,
                 misses: vec![odd.into()],
@@ -549,21 +549,21 @@ mod tests {
                 request_id: Some(Arc::from("rid")),
                 index: Some(7),
                 delivery_id: Some("d".into()),
-                log: Some(LogEnvelope {
+                log: Some(Box::new(LogEnvelope {
                     timestamp: Some("2026-03-09 07:58:04,120".into()),
                     level: Some("INFO".into()),
                     logger: Some("org.keycloak.events".into()),
                     thread: Some(odd.into()),
                     host: Some("kc-0".into()),
-                }),
-                kafka: Some(KafkaRecord {
+                })),
+                kafka: Some(Box::new(KafkaRecord {
                     topic: "t".into(),
                     partition: -1,
                     offset: i64::MIN,
                     key: Some(odd.into()),
                     headers: BTreeMap::from([("h".to_string(), odd.to_string())]),
                     timestamp_ms: Some(-5),
-                }),
+                })),
             },
             warnings: vec![Warning::new("value_truncated", odd)],
         }

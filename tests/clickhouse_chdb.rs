@@ -121,7 +121,7 @@ async fn views_fill_with_what_the_timeline_implies() {
         let Some(x) = te.exchanger.clone().filter(|x| !x.is_empty()) else { continue };
         for a in &te.audiences {
             let ts = t.format("%Y-%m-%d %H:%M:%S%.3f").to_string();
-            let slot = first.entry((x.clone(), a.clone())).or_insert(ts.clone());
+            let slot = first.entry((x.to_string(), a.to_string())).or_insert(ts.clone());
             if ts < *slot {
                 *slot = ts;
             }

@@ -492,7 +492,7 @@ async fn template_maps_every_field_of_every_fixture_document_with_agreeing_types
     group.admin.as_mut().unwrap().operation = Some("DELETE".into());
     let mut logline = events[0].clone();
     logline.time = None;
-    logline.origin.log = Some(LogEnvelope { timestamp: Some("2026-03-09 07:58:04,120".into()), level: Some("INFO".into()), logger: Some("org.keycloak.events".into()), thread: Some("executor-thread-1".into()), host: Some("kc-0".into()) });
+    logline.origin.log = Some(Box::new(LogEnvelope { timestamp: Some("2026-03-09 07:58:04,120".into()), level: Some("INFO".into()), logger: Some("org.keycloak.events".into()), thread: Some("executor-thread-1".into()), host: Some("kc-0".into()) }));
     logline.origin.line = Some(12);
     events.extend([live, group, logline]);
 

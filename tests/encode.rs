@@ -547,12 +547,12 @@ fn hostile_event(v: &Evil) -> AuditEvent {
     e.details.insert("x-evil".into(), v.detail.as_str().into());
     e.details.insert("reason".into(), v.detail.as_str().into());
     let te = e.token_exchange.as_mut().unwrap();
-    te.exchanger = Some(v.client.clone());
-    te.audiences = vec![v.audience.clone()];
-    te.scope = Some(v.scope.clone());
-    te.requested_subject = Some(v.requested_subject.clone());
-    te.impersonator = Some(v.impersonator.clone());
-    te.subject_token_client_id = Some(v.subject_token_client.clone());
+    te.exchanger = Some(v.client.as_str().into());
+    te.audiences = vec![v.audience.as_str().into()];
+    te.scope = Some(v.scope.as_str().into());
+    te.requested_subject = Some(v.requested_subject.as_str().into());
+    te.impersonator = Some(v.impersonator.as_str().into());
+    te.subject_token_client_id = Some(v.subject_token_client.as_str().into());
     e.findings[0].reason = v.reason.clone();
     e.findings[0].title = v.title.clone();
     e
@@ -820,7 +820,7 @@ fn empty_values_are_left_out() {
     let mut e = running_example();
     e.subject.username = Some(String::new());
     e.error = Some(String::new());
-    e.token_exchange.as_mut().unwrap().scope = Some(String::new());
+    e.token_exchange.as_mut().unwrap().scope = Some(Default::default());
     let p = parse_cef(&cef::event(&e, &CefOptions::default())).unwrap();
     assert!(!p.ext.contains_key("duser") && !p.ext.contains_key("reason") && !p.ext.contains_key("cs3") && !p.ext.contains_key("cs3Label"));
     let l = parse_leef(&leef::event(&e, &LeefOptions::default())).unwrap();

@@ -52,7 +52,7 @@ async fn every_token_exchange_is_resolved_from_the_snapshot() {
         }
         if te.flavour == ExchangeFlavour::StandardV2 {
             let stc = en.subject_token_client.as_ref().unwrap_or_else(|| panic!("subject-token client of {} resolved", e.id));
-            assert_eq!(Some(&stc.client_id), te.subject_token_client_id.as_ref());
+            assert_eq!(Some(stc.client_id.as_str()), te.subject_token_client_id.as_deref());
         }
         assert_eq!(en.status, EnrichmentStatus::Enriched, "{}: {:?}", e.id, en.misses);
     }

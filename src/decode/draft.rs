@@ -97,7 +97,7 @@ impl Draft {
                 ));
             }
         }
-        let client_id = if kind == EventKind::Admin { None } else { self.client_id.clone() };
+        let client_id = if kind == EventKind::Admin { None } else { self.client_id.take() };
         let known = Known::of(&details);
         let token_exchange = token_exchange(&event_type, client_id.as_deref(), &known);
 
@@ -146,7 +146,7 @@ impl Draft {
             ip,
             token_exchange,
             details,
-            admin: self.admin,
+            admin: self.admin.map(Box::new),
             enrichment: None,
             findings: Vec::new(),
             severity: None,
@@ -301,11 +301,11 @@ fn token_exchange(event_type: &str, exchanger: Option<&str>, d: &Known) -> Optio
     if !is_te {
         return None;
     }
-    let get = |v: Option<&str>| set(v).map(str::to_owned);
+    let get = |v: Option<&str>| set(v).map(Text::from);
     let (flavour, flavour_reason) = infer_flavour(event_type, d);
     Some(TokenExchange {
-        exchanger: exchanger.map(str::to_owned),
-        audiences: d.audience.map(|a| a.split_whitespace().map(str::to_owned).collect()).unwrap_or_default(),
+        exchanger: exchanger.map(Text::from),
+        audiences: d.audience.map(|a| a.split_whitespace().map(Text::from).collect()).unwrap_or_default(),
         subject_token_client_id: get(d.subject_token_client_id),
         requested_subject: get(d.requested_subject),
         impersonator: get(d.impersonator),

@@ -59,13 +59,13 @@ pub fn decode_line(line: &str, origin: &Origin, pre: &[Warning], ctx: &Context<'
         },
     };
     let mut draft = Draft { origin: labelled(origin, Format::JbossLogging), ..Default::default() };
-    draft.origin.log = Some(LogEnvelope {
+    draft.origin.log = Some(Box::new(LogEnvelope {
         timestamp: rec.timestamp.as_ref().map(timestamp_text),
         level: rec.level.clone(),
         logger: rec.logger.clone(),
         thread: rec.thread.clone(),
         host: rec.host.clone(),
-    });
+    }));
     draft.warnings.extend(pre.iter().cloned());
     apply_log_time(&rec, ctx.tz, &mut draft);
 

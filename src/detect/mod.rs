@@ -542,7 +542,7 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
         // Audience spraying: distinct audiences asked for (successfully or not).
         let sw = ms(o.spray_window);
         for a in &te.audiences {
-            cs.asked.push_back((t, a.clone(), ev.id.clone()));
+            cs.asked.push_back((t, a.to_string(), ev.id.clone()));
             *slot(&mut cs.asked_counts, a, || 0) += 1;
         }
         while cs.asked.front().is_some_and(|(ft, _, _)| *ft < t - sw) {
@@ -566,7 +566,7 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
 
         // Audiences: first use, attempts for never-obtained audiences, policy.
         for a in &te.audiences {
-            match cs.audiences.get(a) {
+            match cs.audiences.get(a.as_str()) {
                 None if established && a != client => {
                     let before = list(cs.audiences.keys().cloned(), 4);
                     if success {
@@ -602,7 +602,7 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
         // Impersonation.
         if let Some(rsub) = &te.requested_subject {
             let target = en.and_then(|e| e.requested_subject.as_ref().or(e.subject.as_ref()));
-            let target_name = target.and_then(|u| u.username.clone()).unwrap_or_else(|| rsub.clone());
+            let target_name = target.and_then(|u| u.username.clone()).unwrap_or_else(|| rsub.to_string());
             let exchanger_is_service = en.and_then(|e| e.exchanger.as_ref()).and_then(|c| c.service_accounts_enabled).unwrap_or(false);
             let verb = if success { "impersonated" } else { "tried to impersonate" };
             let mut flagged = false;
@@ -640,14 +640,16 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
         // Subject-token origin client.
         if let Some(stc) = &te.subject_token_client_id {
             if success {
-                if cs.origins.is_empty() || cs.origins.contains_key(stc) {
+                if cs.origins.is_empty() || cs.origins.contains_key(stc.as_str()) {
                     // first origin ever is the baseline
                 } else if established {
                     out.push("new-origin-client", Severity::Medium, format!("{client} exchanged a token first issued to {stc} for the first time; its subject tokens came only from {}", list(cs.origins.keys().cloned(), 4)), vec![]);
                 }
                 if !late {
-                    cs.origins.entry(stc.clone()).or_insert(state::Seen { first_ms: t, last_ms: t, novel: established }).last_ms = t;
-                    cs.upstream = Some(stc.clone());
+                    slot(&mut cs.origins, stc, || state::Seen { first_ms: t, last_ms: t, novel: established }).last_ms = t;
+                    if cs.upstream.as_deref() != Some(stc.as_str()) {
+                        cs.upstream = Some(stc.to_string());
+                    }
                 }
             }
             if let Some(d) = upstream_depth {

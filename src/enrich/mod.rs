@@ -330,7 +330,7 @@ impl Enricher {
                     .audiences
                     .iter()
                     .zip(audiences)
-                    .map(|(a, (known, c))| AudienceInfo { audience: a.clone(), known, client: c.map(|c| memo.client(c, v1)) })
+                    .map(|(a, (known, c))| AudienceInfo { audience: a.to_string(), known, client: c.map(|c| memo.client(c, v1)) })
                     .collect();
                 en.policy = Some(memo.policy(realm, ev.client_id.as_deref().unwrap_or("?"), exchanger, &en.audiences, chain, te));
             }

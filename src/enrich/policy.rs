@@ -9,7 +9,7 @@
 
 use crate::directory::model::{audience_mapper_audiences, ClientRep, ClientScopeRep};
 use crate::directory::V1Grants;
-use crate::event::{AudienceInfo, PolicyVerdict, TokenExchange, Within};
+use crate::event::{AudienceInfo, PolicyVerdict, Text, TokenExchange, Within};
 
 /// The verdict for one exchange. `exchanger` is the resolved client (None: not resolvable);
 /// `audiences` are the resolved audiences; `scope` looks up client-scope definitions (None when the
@@ -43,7 +43,7 @@ pub fn verdict(
         if te.audiences.is_empty() {
             return unknown("the event records no audience".into());
         }
-        let answers: Vec<(&String, Option<bool>)> = te.audiences.iter().map(|a| (a, g.may_exchange(name, a))).collect();
+        let answers: Vec<(&str, Option<bool>)> = te.audiences.iter().map(|a| (a.as_str(), g.may_exchange(name, a))).collect();
         if let Some((a, _)) = answers.iter().find(|(_, r)| *r == Some(false)) {
             return PolicyVerdict { within_policy: Within::No, reason: format!("no token-exchange permission (FGAP v1) on {a} lets {name} exchange to it"), allowed_audiences: None };
         }
@@ -67,7 +67,7 @@ pub fn verdict(
     }
     allowed.sort();
     allowed.dedup();
-    let outside: Vec<&String> = te.audiences.iter().filter(|a| !allowed.contains(a)).collect();
+    let outside: Vec<&str> = te.audiences.iter().map(Text::as_str).filter(|a| !allowed.iter().any(|x| x == a)).collect();
     if outside.is_empty() && !te.audiences.is_empty() {
         return PolicyVerdict {
             within_policy: Within::Yes,
@@ -78,7 +78,7 @@ pub fn verdict(
     if te.audiences.is_empty() {
         return unknown("the event records no audience".into());
     }
-    let list = outside.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    let list = outside.join(", ");
     if complete {
         PolicyVerdict {
             within_policy: Within::No,

@@ -561,8 +561,8 @@ fn user_type(u: Option<&UserInfo>) -> Option<&'static str> {
 pub fn is_impersonation(e: &AuditEvent) -> bool {
     let base = e.event_type.strip_suffix("_ERROR").unwrap_or(&e.event_type);
     let te = e.token_exchange.as_ref();
-    let filled = |v: Option<&String>| v.is_some_and(|s| !s.is_empty());
-    base == "IMPERSONATE" || te.is_some_and(|t| filled(t.requested_subject.as_ref()) || filled(t.impersonator.as_ref()))
+    let filled = |v: Option<&str>| v.is_some_and(|s| !s.is_empty());
+    base == "IMPERSONATE" || te.is_some_and(|t| filled(t.requested_subject.as_deref()) || filled(t.impersonator.as_deref()))
 }
 
 /// The row for `e`; `now` stands in for the time of an event that has none.

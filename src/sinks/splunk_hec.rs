@@ -299,7 +299,7 @@ pub fn indexed_fields(e: &AuditEvent) -> BTreeMap<&'static str, Value> {
         let v: Vec<Value> = items.filter(|s| seen.insert(*s)).map(|s| Value::String(s.to_string())).collect();
         (!v.is_empty()).then_some(Value::Array(v))
     };
-    if let Some(v) = e.token_exchange.as_ref().and_then(|t| list(&mut t.audiences.iter().map(String::as_str))) {
+    if let Some(v) = e.token_exchange.as_ref().and_then(|t| list(&mut t.audiences.iter().map(|a| a.as_str()))) {
         f.insert("audience", v);
     }
     if let Some(v) = list(&mut e.findings.iter().map(|x| x.rule.as_str())) {

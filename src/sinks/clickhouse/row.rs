@@ -33,7 +33,7 @@ pub struct EventRow<'a> {
     pub session_id: &'a str,
     pub ip_address: &'a str,
     pub exchanger: &'a str,
-    pub audiences: &'a [String],
+    pub audiences: &'a [crate::event::Text],
     pub subject_token_client: &'a str,
     pub requested_subject: &'a str,
     pub impersonator: &'a str,
@@ -90,7 +90,7 @@ pub fn severity_rank(s: Option<Severity>) -> u8 {
     }
 }
 
-fn s(o: &Option<String>) -> &str {
+fn s<T: std::ops::Deref<Target = str>>(o: &Option<T>) -> &str {
     o.as_deref().unwrap_or("")
 }
 
@@ -107,9 +107,9 @@ impl<'a> EventRow<'a> {
         let subject = en.and_then(|en| en.subject.as_deref());
         let requested = en.and_then(|en| en.requested_subject.as_deref());
         let exchanger = en.and_then(|en| en.exchanger.as_deref());
-        let te_str = |f: fn(&'a crate::event::TokenExchange) -> &'a Option<String>| te.map(|t| s(f(t))).unwrap_or("");
+        let te_str = |f: fn(&'a crate::event::TokenExchange) -> &'a Option<crate::event::Text>| te.map(|t| s(f(t))).unwrap_or("");
         let ad_str = |f: fn(&'a crate::event::AdminInfo) -> &'a Option<String>| admin.map(|a| s(f(a))).unwrap_or("");
-        const EMPTY: &[String] = &[];
+        const EMPTY: &[crate::event::Text] = &[];
         // Events without their own time (rare: a log line without a timestamp) sort by arrival.
         let event_time = e.time.or(e.received_at);
         EventRow {

@@ -319,7 +319,7 @@ pub fn document(e: &AuditEvent) -> Value {
     }
 
     // service.*: the observed service is Keycloak; the audiences are the services the token is for.
-    let audiences: Vec<&str> = te.map(|t| t.audiences.iter().map(String::as_str).collect()).unwrap_or_default();
+    let audiences: Vec<&str> = te.map(|t| t.audiences.iter().map(|a| a.as_str()).collect()).unwrap_or_default();
     doc.val("service", Obj::new().str("type", Some("keycloak")).val("target", Obj::new().strs("name", audiences.iter().copied()).done()).done());
 
     // related.*
@@ -414,7 +414,7 @@ pub fn document(e: &AuditEvent) -> Value {
             "token_exchange",
             Obj::new()
                 .str("exchanger", t.exchanger.as_deref())
-                .strs("audience", t.audiences.iter().map(String::as_str))
+                .strs("audience", t.audiences.iter().map(|a| a.as_str()))
                 .str("subject_token_client_id", t.subject_token_client_id.as_deref())
                 .str("requested_subject", t.requested_subject.as_deref())
                 .str("impersonator", t.impersonator.as_deref())
@@ -617,14 +617,14 @@ mod tests {
         e.client_id = None;
         e.subject = Subject::default();
         e.details.clear();
-        e.admin = Some(AdminInfo {
+        e.admin = Some(Box::new(AdminInfo {
             operation: Some("CREATE".into()),
             resource_type: Some("REALM_ROLE_MAPPING".into()),
             resource_path: Some("users/6ae5c024/role-mappings/realm".into()),
             resource_id: None,
             representation: Some("[{}]".into()),
             auth: AdminAuth { realm_id: Some("m".into()), realm_name: None, client_uuid: Some("cu".into()), user_id: Some("admin-id".into()), username: None, ip_address: Some("203.0.113.7".into()) },
-        });
+        }));
         let d = document(&e);
         assert_eq!(d["event"]["category"], json!(["iam"]));
         assert_eq!(d["event"]["type"], json!(["info", "admin", "creation", "user"]));

@@ -299,14 +299,14 @@ fn origin_of(m: &BorrowedMessage<'_>) -> Origin {
         .unwrap_or_default();
     Origin {
         input: format!("kafka:{}/{}", m.topic(), m.partition()).into(),
-        kafka: Some(KafkaRecord {
+        kafka: Some(Box::new(KafkaRecord {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             headers,
             timestamp_ms: m.timestamp().to_millis(),
-        }),
+        })),
         ..Default::default()
     }
 }
