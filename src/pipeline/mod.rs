@@ -581,8 +581,7 @@ impl Central {
         }
 
         let positions: Vec<usize> = accepted.iter().map(|(p, _)| *p).collect();
-        // The events themselves (shared), not copies of their ids: a copy per event showed in profiles.
-        let events: Vec<Arc<AuditEvent>> = accepted.iter().map(|(_, e)| e.clone()).collect();
+        let ids: Vec<String> = accepted.iter().map(|(_, e)| e.id.clone()).collect();
         let dedup = self.dedup.clone();
         let reply = sub.reply;
         let group = AckGroup::new(
@@ -592,7 +591,7 @@ impl Central {
                 let mut reports = reports;
                 for (k, fate) in fates.into_iter().enumerate() {
                     if !fate.failed.is_empty() {
-                        Self::forget(&dedup, &events[k].id);
+                        Self::forget(&dedup, &ids[k]);
                     }
                     if let Some(r) = reports.get_mut(positions[k]) {
                         r.dead_lettered = fate.dead_lettered;
