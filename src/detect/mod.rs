@@ -188,6 +188,14 @@ fn slot<'m, V>(map: &'m mut BTreeMap<String, V>, key: &str, new: impl FnOnce() -
     map.get_mut(key).expect("inserted above")
 }
 
+/// [`slot`] for the hashed client map.
+fn client_slot<'m>(map: &'m mut state::ClientMap, client: &str) -> &'m mut state::ClientState {
+    if !map.contains_key(client) {
+        map.insert(client.to_string(), Default::default());
+    }
+    map.get_mut(client).expect("inserted above")
+}
+
 fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
     let v: Vec<String> = items.into_iter().collect();
     if v.is_empty() {
@@ -325,7 +333,7 @@ impl Detector {
                 }
             }
             let upstream_depth = ev.token_exchange.as_ref().and_then(|te| te.subject_token_client_id.as_deref()).map(|stc| chain_depth(rs, stc));
-            let cs = slot(&mut rs.clients, client, Default::default);
+            let cs = client_slot(&mut rs.clients, client);
             client_rules(o, cs, ev, client, t, learning, late, upstream_depth, &mut out);
             cs.dirty = true;
             // Remember who was just impersonated, to catch that identity acting as an administrator.

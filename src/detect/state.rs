@@ -19,11 +19,17 @@ pub struct State {
     pub realms: BTreeMap<String, RealmState>,
 }
 
+/// A realm's clients, by clientId. Hashed, not ordered: it is looked up several times per event (the
+/// client itself, its subject token's chain of origin clients) and a search through hundreds of
+/// clients' ids was the detector's largest cost (issue #9). Nothing depends on its order; aHash's
+/// random seed keeps attacker-chosen clientIds (failed client authentication) from colliding on purpose.
+pub type ClientMap = std::collections::HashMap<String, ClientState, ahash::RandomState>;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RealmState {
     /// First event time seen in the realm: the learning period starts here.
     pub first_ms: i64,
-    pub clients: BTreeMap<String, ClientState>,
+    pub clients: ClientMap,
     /// Recent TOKEN_EXCHANGE_ERROR per source address: (time, event id, clientId).
     pub ip_errors: BTreeMap<String, VecDeque<(i64, String, String)>>,
     /// Users recently impersonated through token exchange: user id → (time, event id, clientId).

@@ -188,7 +188,7 @@ impl Rows {
         let mut state = State { newest_ms: self.newest_ms, ..Default::default() };
         for (name, v) in self.realms {
             let r: RealmRow = serde_json::from_slice(&v).map_err(|e| format!("realm {name:?}: {e}"))?;
-            state.realms.insert(name, RealmState { first_ms: r.first_ms, ip_errors: r.ip_errors, impersonated: r.impersonated, clients: BTreeMap::new() });
+            state.realms.insert(name, RealmState { first_ms: r.first_ms, ip_errors: r.ip_errors, impersonated: r.impersonated, clients: Default::default() });
         }
         for ((realm, client), v) in self.clients {
             let c: ClientState = serde_json::from_slice(&v).map_err(|e| format!("client {client:?} of realm {realm:?}: {e}"))?;
