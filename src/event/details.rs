@@ -6,7 +6,7 @@
 //! a sixth of the pipeline's instructions (issue #9, callgrind). Here the decoder's list is sorted
 //! once and kept as one vector of [`Text`], which holds up to 24 bytes inline without an allocation
 //! (every Keycloak detail key, and most values: `client-secret`, `profile email`, user names); a
-//! lookup is a binary search over those few keys.
+//! lookup scans those few keys comparing lengths first (a binary search above 16 details).
 
 use std::fmt;
 
