@@ -53,7 +53,7 @@ impl Draft {
                 let a = self.admin.get_or_insert_with(Default::default);
                 match (&a.resource_type, &a.operation) {
                     (Some(r), Some(o)) => format!("{r}-{o}"),
-                    (None, Some(o)) => o.clone(),
+                    (None, Some(o)) if !o.is_empty() => o.clone(),
                     _ => return Err("admin event has neither operationType nor resourceType".into()),
                 }
             }
