@@ -50,11 +50,15 @@ impl Draft {
         let event_type = match (kind, self.event_type.take()) {
             (_, Some(t)) if !t.is_empty() => t,
             (EventKind::Admin, _) => {
+                // An empty string names nothing: `"operationType":""` must not yield a type of "" or
+                // "PROTOCOL_MAPPER-" (found by the keycloak_kafka fuzz target).
                 let a = self.admin.get_or_insert_with(Default::default);
-                match (&a.resource_type, &a.operation) {
+                let named = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+                match (named(&a.resource_type), named(&a.operation)) {
                     (Some(r), Some(o)) => format!("{r}-{o}"),
-                    (None, Some(o)) if !o.is_empty() => o.clone(),
-                    _ => return Err("admin event has neither operationType nor resourceType".into()),
+                    (None, Some(o)) => o,
+                    (Some(_), None) => return Err("admin event has a resourceType but no operationType".into()),
+                    (None, None) => return Err("admin event has neither operationType nor resourceType".into()),
                 }
             }
             _ => return Err("no event type: the record has no `type` field".into()),
@@ -394,6 +398,23 @@ mod tests {
 
     fn d(pairs: &[(&str, &str)]) -> Details {
         pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn admin_type_is_built_from_named_parts_only() {
+        let opts = DecodeOptions::default();
+        let admin = |r: Option<&str>, o: Option<&str>| {
+            let mut d = Draft { kind: Some(EventKind::Admin), id: Some("x".into()), ..Default::default() };
+            d.admin = Some(AdminInfo { resource_type: r.map(Into::into), operation: o.map(Into::into), ..Default::default() });
+            d.finish(&opts).map(|e| e.event_type)
+        };
+        assert_eq!(admin(Some("CLIENT"), Some("CREATE")).unwrap(), "CLIENT-CREATE");
+        assert_eq!(admin(None, Some("DELETE")).unwrap(), "DELETE");
+        assert_eq!(admin(Some(""), Some("DELETE")).unwrap(), "DELETE");
+        for (r, o) in [(None, Some("")), (Some("PROTOCOL_MAPPER"), Some("")), (Some("CLIENT"), None), (Some(""), Some("")), (None, None)] {
+            let got = admin(r, o);
+            assert!(got.is_err(), "resourceType {r:?} operationType {o:?}: expected a refusal, got {got:?}");
+        }
     }
 
     #[test]
