@@ -34,7 +34,7 @@ fn grow_state(what: &str, pick: impl Fn(i64) -> (i64, i64, i64)) -> Detector {
     for i in 0..1_000_000 {
         let (c, a, ms) = pick(i);
         let mut e = base.clone();
-        e.client_id = Some(format!("client-{c}"));
+        e.client_id = Some(format!("client-{c}").into());
         e.token_exchange.as_mut().unwrap().audiences = vec![format!("audience-{a}").into()];
         e.time = chrono::DateTime::from_timestamp_millis(t0 + ms);
         d.process(&mut e);

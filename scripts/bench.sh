@@ -127,6 +127,11 @@ PY
 
 row=$(run_http 'webhook NDJSON batches (1000) -> audit log' "$N" 1000 2 0 audit_log) || exit 1
 rows+=("$row")
+# The same traffic to a blackhole: the pipeline without the audit log's encoding, writes and fsyncs
+# (the targets are "to a blackhole or the audit log"; Vector's figure in issue #9 is to a blackhole).
+row=$(run_http 'webhook NDJSON batches (1000) -> blackhole' "$N" 1000 2 0 blackhole \
+  --set sinks.audit_log.enabled=false --set sinks.blackhole.enabled=true) || exit 1
+rows+=("$row")
 row=$(run_http 'webhook single events, flat out (16 conns) -> audit log' "$SINGLE" 1 16 0 audit_log) || exit 1
 rows+=("$row")
 # The latency targets are for half the achievable rate: RATE defaults to half the flat-out rate above.

@@ -24,11 +24,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, Serializer};
 
 mod details;
-pub use details::{Details, Text};
+pub use details::{value_text, Details, Text, ValueText};
 
 /// Version of this record layout; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
+// Short texts (type, error, client id, address, realm name, username) are `Text`, kept inline
+// without an allocation each; ids (UUIDs, 36 bytes) stay `String` (issue #9).
 // Parts most events lack (admin facts; in `Origin`, the log envelope and the Kafka coordinates)
 // are boxed: an event is moved several times between decoding and delivery, and those moves
 // copied every byte of the absent parts too (issue #9).
@@ -61,17 +63,20 @@ pub struct AuditEvent {
     /// (`TOKEN_EXCHANGE`, `TOKEN_EXCHANGE_ERROR`, `LOGIN`, ...). Admin events: `<RESOURCE_TYPE>-<OPERATION>`
     /// (e.g. `PROTOCOL_MAPPER-CREATE`), or just the operation when the resource type is unknown.
     #[serde(rename = "type")]
-    pub event_type: String,
+    #[schemars(with = "String")]
+    pub event_type: Text,
     /// `success` unless the event carries an error or its type ends with `_ERROR`.
     pub outcome: Outcome,
     /// Keycloak's `Errors.*` string (`not_allowed`, `invalid_token`, ...), when the event failed.
-    pub error: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub error: Option<Text>,
     /// The realm the event happened in. For admin events this is the *target* realm; the realm of the
     /// acting administrator is in `admin.auth`.
     pub realm: Realm,
     /// The event's `clientId` (a clientId string, never a UUID). For token exchange this is the
     /// exchanger. Absent for admin events (their client is a UUID, in `admin.auth.client_uuid`).
-    pub client_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub client_id: Option<Text>,
     /// The user the event is about (`userId`). For token exchange, the subject of the issued token (for
     /// V1 impersonation, the impersonated user).
     pub subject: Subject,
@@ -79,7 +84,8 @@ pub struct AuditEvent {
     pub session_id: Option<String>,
     /// The caller address exactly as Keycloak recorded it (free text: a proxy header can put anything
     /// here; Keycloak itself says it "will not be an address when a proxy does not provide a valid one").
-    pub ip_address: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub ip_address: Option<Text>,
     /// `ip_address` parsed as an IPv4/IPv6 address; null when it is not one.
     #[schemars(with = "Option<String>")]
     pub ip: Option<IpAddr>,
@@ -138,7 +144,8 @@ pub enum TimeSource {
 #[serde(deny_unknown_fields)]
 pub struct Realm {
     pub id: Option<String>,
-    pub name: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub name: Option<Text>,
 }
 
 /// The user an event is about.
@@ -148,7 +155,8 @@ pub struct Subject {
     /// Keycloak user id (`userId`). Keycloak's string `"null"` is mapped to null.
     pub id: Option<String>,
     /// Username when the format carries one (V2 `details.username`, p2-inc `authDetails.username`).
-    pub username: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub username: Option<Text>,
 }
 
 /// Which token-exchange implementation produced the event (`keycloak-events.md` §2.4). Keycloak names

@@ -36,7 +36,7 @@ async fn every_token_exchange_is_resolved_from_the_snapshot() {
     for e in &te {
         let en = e.enrichment.as_ref().unwrap();
         let x = en.exchanger.as_ref().unwrap_or_else(|| panic!("exchanger of {} resolved", e.id));
-        assert_eq!(Some(&x.client_id), e.client_id.as_ref());
+        assert_eq!(Some(x.client_id.as_str()), e.client_id.as_deref());
         let expected_realm = if e.realm.id.as_deref() == Some("4f660473-c22b-4858-a484-cd314a37e778") { "acme-prod" } else { "acme-partners" };
         assert_eq!(e.realm.name.as_deref(), Some(expected_realm), "the REST format has no realm name; enrichment fills it");
         if e.subject.id.is_some() {

@@ -459,7 +459,7 @@ fn expected_fields(e: &AuditEvent) -> BTreeMap<&'static str, Value> {
     f.insert("event_kind", json!(if e.kind == EventKind::Admin { "admin" } else { "user" }));
     f.insert("event_type", json!(e.event_type));
     f.insert("event_outcome", serde_json::to_value(e.outcome).unwrap());
-    if let Some(r) = e.realm.name.as_ref().or(e.realm.id.as_ref()) {
+    if let Some(r) = e.realm.name.as_deref().or(e.realm.id.as_deref()) {
         f.insert("realm", json!(r));
     }
     if let Some(r) = &e.realm.id {
@@ -512,7 +512,7 @@ fn expected_envelope(e: &AuditEvent, index: &str) -> String {
     } else {
         "keycloak:event"
     };
-    let realm = e.realm.name.as_ref().or(e.realm.id.as_ref()).map(String::as_str).unwrap_or("unknown");
+    let realm = e.realm.name.as_deref().or(e.realm.id.as_deref()).unwrap_or("unknown");
     let time = expected_time(e).map(|t| format!("\"time\":{t},")).unwrap_or_default();
     format!(
         "{{{time}\"host\":\"kc-audit-test\",\"source\":{},\"sourcetype\":\"{sourcetype}\",\"index\":\"{index}\",\"event\":{},\"fields\":{}}}\n",

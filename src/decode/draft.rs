@@ -22,15 +22,15 @@ pub struct Draft {
     pub id: Option<String>,
     pub time: Option<DateTime<Utc>>,
     pub time_source: Option<TimeSource>,
-    pub event_type: Option<String>,
-    pub error: Option<String>,
+    pub event_type: Option<Text>,
+    pub error: Option<Text>,
     pub realm_id: Option<String>,
-    pub realm_name: Option<String>,
-    pub client_id: Option<String>,
+    pub realm_name: Option<Text>,
+    pub client_id: Option<Text>,
     pub user_id: Option<String>,
-    pub username: Option<String>,
+    pub username: Option<Text>,
     pub session_id: Option<String>,
-    pub ip_address: Option<String>,
+    pub ip_address: Option<Text>,
     /// Details in arrival order; duplicates already resolved by the format.
     pub details: Vec<(Text, Text)>,
     pub admin: Option<AdminInfo>,
@@ -55,8 +55,8 @@ impl Draft {
                 let a = self.admin.get_or_insert_with(Default::default);
                 let named = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
                 match (named(&a.resource_type), named(&a.operation)) {
-                    (Some(r), Some(o)) => format!("{r}-{o}"),
-                    (None, Some(o)) => o,
+                    (Some(r), Some(o)) => compact_str::format_compact!("{r}-{o}"),
+                    (None, Some(o)) => o.into(),
                     (Some(_), None) => return Err("admin event has a resourceType but no operationType".into()),
                     (None, None) => return Err("admin event has neither operationType nor resourceType".into()),
                 }
@@ -67,21 +67,20 @@ impl Draft {
         // Cap every free-text top-level field; Keycloak itself cuts ids at 254 characters, so anything
         // much longer did not come from Keycloak unmodified.
         let max = opts.max_field_bytes;
-        for (name, field) in [
-            ("id", &mut self.id),
-            ("realmId", &mut self.realm_id),
-            ("realmName", &mut self.realm_name),
-            ("clientId", &mut self.client_id),
-            ("userId", &mut self.user_id),
-            ("username", &mut self.username),
-            ("sessionId", &mut self.session_id),
-            ("ipAddress", &mut self.ip_address),
-            ("error", &mut self.error),
-        ] {
-            if let Some(v) = field {
-                if let Some(w) = cap(v, max, name) {
-                    self.warnings.push(w);
-                }
+        let fields: [(&str, Option<&mut dyn Truncate>); 9] = [
+            ("id", self.id.as_mut().map(|v| v as _)),
+            ("realmId", self.realm_id.as_mut().map(|v| v as _)),
+            ("realmName", self.realm_name.as_mut().map(|v| v as _)),
+            ("clientId", self.client_id.as_mut().map(|v| v as _)),
+            ("userId", self.user_id.as_mut().map(|v| v as _)),
+            ("username", self.username.as_mut().map(|v| v as _)),
+            ("sessionId", self.session_id.as_mut().map(|v| v as _)),
+            ("ipAddress", self.ip_address.as_mut().map(|v| v as _)),
+            ("error", self.error.as_mut().map(|v| v as _)),
+        ];
+        for (name, field) in fields {
+            if let Some(w) = field.and_then(|v| cap(v, max, name)) {
+                self.warnings.push(w);
             }
         }
 
@@ -220,7 +219,7 @@ impl Truncate for Text {
 
 /// Truncate `v` to at most `max` bytes on a character boundary; returns a warning when it cut.
 /// `name` is only formatted when a cut happens (this runs for every detail of every event).
-pub fn cap(v: &mut impl Truncate, max: usize, name: impl std::fmt::Display) -> Option<Warning> {
+pub fn cap(v: &mut (impl Truncate + ?Sized), max: usize, name: impl std::fmt::Display) -> Option<Warning> {
     if v.len() <= max {
         return None;
     }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::draft::Draft;
 use super::{DecodeOptions, Format};
-use crate::event::{AuditEvent, EventKind, Origin, Text, TimeSource, Warning};
+use crate::event::{AuditEvent, EventKind, Origin, Text, TimeSource, ValueText, Warning};
 
 /// The keys of a plain user event; any other key (or a null in any of them) leaves the fast path.
 #[derive(Deserialize)]
@@ -24,34 +24,35 @@ struct Plain {
     id: Option<String>,
     time: i64,
     #[serde(rename = "type")]
-    event_type: String,
+    event_type: Text,
     #[serde(default, deserialize_with = "text")]
     realm_id: Option<String>,
     #[serde(default, deserialize_with = "text")]
-    realm_name: Option<String>,
+    realm_name: Option<Text>,
     #[serde(default, deserialize_with = "text")]
-    client_id: Option<String>,
+    client_id: Option<Text>,
     #[serde(default, deserialize_with = "text")]
     user_id: Option<String>,
     #[serde(default, deserialize_with = "text")]
     session_id: Option<String>,
     #[serde(default, deserialize_with = "text")]
-    ip_address: Option<String>,
+    ip_address: Option<Text>,
     #[serde(default, deserialize_with = "text")]
-    error: Option<String>,
+    error: Option<Text>,
     #[serde(default, deserialize_with = "details")]
     details: Vec<(Text, Text)>,
 }
 
 /// A present field must be a string: `null` (which the general path treats as absent, but which
 /// also changes the detected format) and other types leave the fast path.
-fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    String::deserialize(d).map(Some)
+fn text<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// `details`: an object of strings, in key order (the order the general path reads them in, which
 /// decides which details a cap drops); a duplicate key leaves the fast path (the general path warns).
-/// Keys and values are read as [`Text`]: short ones (most of them) need no allocation.
+/// Keys and values are read as [`Text`]: short ones (most of them) need no allocation, nor do
+/// Keycloak's constant URNs ([`crate::event::value_text`]).
 fn details<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Text, Text)>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
@@ -61,8 +62,8 @@ fn details<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Text, Text)>, D::Erro
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out: Vec<(Text, Text)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
-            while let Some((k, v)) = map.next_entry::<Text, Text>()? {
-                out.push((k, v));
+            while let Some((k, v)) = map.next_entry::<Text, ValueText>()? {
+                out.push((k, v.0));
             }
             out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             if out.windows(2).any(|w| w[0].0 == w[1].0) {
@@ -103,7 +104,7 @@ pub fn decode(text: &str, origin: &Origin, pre: &[Warning], opts: &DecodeOptions
     draft.user_id = p.user_id.filter(|u| u != "null");
     draft.session_id = p.session_id;
     draft.ip_address = p.ip_address;
-    draft.username = p.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.to_string());
+    draft.username = p.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.clone());
     draft.details = p.details;
     Some(draft.finish(opts))
 }

@@ -206,23 +206,23 @@ fn from_pairs(pairs: Vec<(String, String)>, mut d: Draft, ctx: &Context<'_>) -> 
         }
         let val = if NULLABLE.contains(&k.as_str()) && v == "null" { None } else { Some(v) };
         match (k.as_str(), admin) {
-            ("type", false) => d.event_type = val,
+            ("type", false) => d.event_type = val.map(Into::into),
             ("operationType", true) => a.operation = val,
             ("realmId", false) => d.realm_id = val,
-            ("realmName", false) => d.realm_name = val,
+            ("realmName", false) => d.realm_name = val.map(Into::into),
             ("realmId", true) => a.auth.realm_id = val,
             ("realmName", true) => a.auth.realm_name = val,
-            ("clientId", false) => d.client_id = val,
+            ("clientId", false) => d.client_id = val.map(Into::into),
             ("clientId", true) => a.auth.client_uuid = val,
             ("userId", false) => d.user_id = val,
             ("userId", true) => a.auth.user_id = val,
             ("sessionId", _) => d.session_id = val,
             ("ipAddress", true) => {
                 a.auth.ip_address = val.clone();
-                d.ip_address = val;
+                d.ip_address = val.map(Into::into);
             }
-            ("ipAddress", false) => d.ip_address = val,
-            ("error", _) => d.error = val,
+            ("ipAddress", false) => d.ip_address = val.map(Into::into),
+            ("error", _) => d.error = val.map(Into::into),
             ("resourceType", true) => a.resource_type = val,
             ("resourcePath", true) => a.resource_path = val,
             ("representation", true) => {
@@ -236,7 +236,7 @@ fn from_pairs(pairs: Vec<(String, String)>, mut d: Draft, ctx: &Context<'_>) -> 
                 d.details.push((key.into(), "[redacted]".into()));
                 d.warn("credential_redacted", format!("{key} (TRACE-level request data) holds credentials; redacted"));
             }
-            (_, _) => d.details.push((k.into(), val.map_or_else(|| "null".into(), Text::from))),
+            (_, _) => d.details.push((k.into(), val.map_or_else(|| "null".into(), |v| value_text(&v)))),
         }
     }
     if admin {
@@ -250,7 +250,7 @@ fn from_pairs(pairs: Vec<(String, String)>, mut d: Draft, ctx: &Context<'_>) -> 
         d.admin = Some(a);
     } else {
         d.kind = Some(EventKind::User);
-        d.username = d.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.to_string());
+        d.username = d.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.clone());
     }
     d.finish(ctx.opts)
 }

@@ -83,9 +83,9 @@ pub fn decode(obj: &Map<String, Value>, mut draft: Draft, opts: &DecodeOptions) 
     f.draft.kind = Some(kind);
     f.draft.id = f.string("id").or_else(|| f.string("eventId"));
     f.read_time();
-    f.draft.error = f.string("error");
+    f.draft.error = f.text("error");
     f.draft.realm_id = f.string("realmId");
-    f.draft.realm_name = f.string("realmName");
+    f.draft.realm_name = f.text("realmName");
 
     if kind == EventKind::Admin {
         let mut admin = AdminInfo {
@@ -119,16 +119,16 @@ pub fn decode(obj: &Map<String, Value>, mut draft: Draft, opts: &DecodeOptions) 
                 admin.auth.ip_address = f.string("ipAddress");
             }
         }
-        f.draft.ip_address = admin.auth.ip_address.clone().or_else(|| f.string("ipAddress"));
+        f.draft.ip_address = admin.auth.ip_address.clone().map(Into::into).or_else(|| f.text("ipAddress"));
         // The type string p2 builds ("admin.CLIENT-UPDATE") is re-derived from the fields by Draft.
         f.draft.event_type = None;
         f.draft.admin = Some(admin);
     } else {
-        f.draft.event_type = type_str;
-        f.draft.client_id = f.string("clientId");
+        f.draft.event_type = type_str.map(Into::into);
+        f.draft.client_id = f.text("clientId");
         f.draft.user_id = f.string("userId");
         f.draft.session_id = f.string("sessionId");
-        f.draft.ip_address = f.string("ipAddress");
+        f.draft.ip_address = f.text("ipAddress");
         if let Some(a) = auth {
             // p2-inc: user-event fields live in authDetails; its realmId is the realm NAME.
             let mut af = Fields { obj: a, draft: &mut *f.draft };
@@ -139,19 +139,19 @@ pub fn decode(obj: &Map<String, Value>, mut draft: Draft, opts: &DecodeOptions) 
             let ip = af.string_at("ipAddress", "authDetails.");
             let username = af.string_at("username", "authDetails.");
             let d = &mut *f.draft;
-            d.client_id = d.client_id.take().or(client);
+            d.client_id = d.client_id.take().or(client.map(Into::into));
             d.user_id = d.user_id.take().or(user);
             d.session_id = d.session_id.take().or(session);
-            d.ip_address = d.ip_address.take().or(ip);
-            d.username = username;
+            d.ip_address = d.ip_address.take().or(ip.map(Into::into));
+            d.username = username.map(Into::into);
             if d.realm_name.is_none() {
-                d.realm_name = auth_realm;
+                d.realm_name = auth_realm.map(Into::into);
             }
         }
     }
     f.read_details();
     if kind == EventKind::User && f.draft.username.is_none() {
-        f.draft.username = f.draft.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.to_string());
+        f.draft.username = f.draft.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.clone());
     }
     if f.draft.user_id.as_deref() == Some("null") {
         f.draft.user_id = None;
@@ -174,6 +174,10 @@ struct Fields<'a, 'd> {
 impl Fields<'_, '_> {
     fn string(&mut self, key: &str) -> Option<String> {
         self.string_at(key, "")
+    }
+
+    fn text(&mut self, key: &str) -> Option<Text> {
+        self.string_at(key, "").map(Into::into)
     }
 
     /// Read a scalar as a string. Keycloak only ever sends strings here, so another type is kept (as its
@@ -231,7 +235,7 @@ impl Fields<'_, '_> {
                 for (k, v) in m {
                     match v {
                         Value::Null => {}
-                        Value::String(s) => self.draft.details.push((k.as_str().into(), s.as_str().into())),
+                        Value::String(s) => self.draft.details.push((k.as_str().into(), value_text(s))),
                         other => {
                             let text = match other {
                                 Value::Bool(_) | Value::Number(_) => other.to_string(),

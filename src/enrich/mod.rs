@@ -156,8 +156,10 @@ impl Memo {
         // exist) and whether impersonation was asked for.
         let impersonation = te.requested_subject.is_some();
         let key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
+            use std::hash::{BuildHasher, Hash, Hasher};
+            // In-memory only, and `same` below confirms a hit: a fast fixed-seed hash will do (SipHash
+            // here was 0.7 % of the pipeline's instructions, issue #9).
+            let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
             for a in audiences {
                 a.audience.hash(&mut h);
                 a.known.hash(&mut h);
@@ -226,7 +228,7 @@ impl Enricher {
         // Fill the realm identifier the format did not give.
         if let Some(r) = realm {
             if ev.realm.name.is_none() {
-                ev.realm.name = Some(r.name.to_string());
+                ev.realm.name = Some(Text::from(&*r.name));
             }
             if ev.realm.id.is_none() {
                 ev.realm.id = r.id.map(|i| i.to_string());

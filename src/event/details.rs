@@ -17,6 +17,51 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Short text kept inline (up to 24 bytes), longer text on the heap; reads as a `str`.
 pub type Text = compact_str::CompactString;
 
+/// Keycloak's constant detail values too long to sit inline: the token-exchange grant type and the
+/// RFC 8693 token-type URNs (`keycloak-events.md` §2). Nearly every token-exchange event carries two
+/// of them; as static text they cost no allocation, no copy and no free (the free happens on another
+/// thread, which is dearer) — about 2 % of the pipeline's instructions (issue #9, callgrind).
+const CONSTANT_VALUES: [&str; 8] = [
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+    "urn:ietf:params:oauth:token-type:access_token",
+    "urn:ietf:params:oauth:token-type:refresh_token",
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:saml2",
+    "urn:ietf:params:oauth:token-type:saml1",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+];
+
+/// A detail value as [`Text`]: one of [`CONSTANT_VALUES`] as shared static text, anything else copied
+/// (inline when short). The result is the same string either way; only where it lives differs.
+pub fn value_text(s: &str) -> Text {
+    if s.len() > 24 && s.starts_with("urn:ietf:params:oauth:") {
+        if let Some(c) = CONSTANT_VALUES.iter().find(|c| **c == s) {
+            return Text::const_new(c);
+        }
+    }
+    Text::from(s)
+}
+
+/// A detail value deserialised through [`value_text`].
+pub struct ValueText(pub Text);
+
+impl<'de> Deserialize<'de> for ValueText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ValueText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValueText, E> {
+                Ok(ValueText(value_text(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// Details sorted by key, each key once. Serialises as a JSON object in key order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Details(Vec<(Text, Text)>);
@@ -139,8 +184,8 @@ impl<'de> Deserialize<'de> for Details {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Details, A::Error> {
                 let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8).min(256));
-                while let Some(pair) = map.next_entry::<Text, Text>()? {
-                    pairs.push(pair);
+                while let Some((k, v)) = map.next_entry::<Text, ValueText>()? {
+                    pairs.push((k, v.0));
                 }
                 Ok(Details::from_pairs(pairs))
             }
@@ -154,6 +199,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn constant_values_are_static_and_equal() {
+        for c in CONSTANT_VALUES {
+            let t = value_text(c);
+            assert_eq!(t, c);
+            assert!(!t.is_heap_allocated(), "{c} was copied to the heap");
+            let v: ValueText = serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
+            assert!(!v.0.is_heap_allocated() && v.0 == c);
+        }
+        // Anything else is copied as it is, including near misses.
+        for s in ["urn:ietf:params:oauth:token-type:access_tokenX", "URN:IETF:PARAMS:OAUTH:TOKEN-TYPE:JWT", "client-secret", ""] {
+            assert_eq!(value_text(s), s);
+        }
+        assert!(value_text("urn:ietf:params:oauth:token-type:access_tokenX").is_heap_allocated());
+    }
 
     proptest! {
         /// Whatever the order and repetition of keys, it behaves like the map it replaced: the same

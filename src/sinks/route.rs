@@ -48,8 +48,8 @@ impl RouteFilter {
             }
         }
         if !self.realms.is_empty() {
-            let named = |r: &Option<String>| r.as_deref().is_some_and(|r| self.realms.iter().any(|x| x == r));
-            if !named(&e.realm.name) && !named(&e.realm.id) {
+            let named = |r: Option<&str>| r.is_some_and(|r| self.realms.iter().any(|x| x == r));
+            if !named(e.realm.name.as_deref()) && !named(e.realm.id.as_deref()) {
                 return false;
             }
         }

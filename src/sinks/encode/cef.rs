@@ -134,7 +134,7 @@ pub fn event(e: &AuditEvent, o: &CefOptions) -> String {
             }
             x.pair("duser", subject_name(e), MAX_STRING);
             x.pair("duid", subject_id(e), MAX_STRING);
-            let service = if te.is_some() { audiences(e) } else { e.client_id.clone() };
+            let service = if te.is_some() { audiences(e) } else { e.client_id.as_deref().map(str::to_owned) };
             x.pair("destinationServiceName", service.as_deref(), MAX_STRING);
         }
     }

@@ -80,7 +80,7 @@ pub fn authentication(e: &AuditEvent) -> Value {
     } else if base_type.ends_with("LOGOUT") {
         (2, "Logoff".into())
     } else {
-        (99, if e.event_type.is_empty() { "Other".into() } else { e.event_type.clone() })
+        (99, if e.event_type.is_empty() { "Other".into() } else { e.event_type.to_string() })
     };
 
     let mut r = base(e, 3, "Identity & Access Management", 3002, "Authentication", activity_id, &activity_name);
@@ -133,7 +133,8 @@ pub fn authentication(e: &AuditEvent) -> Value {
         r.insert("actor".into(), Value::Object(actor));
     }
 
-    let service = if te.is_some() { cef::audiences(e).or_else(|| e.client_id.clone()) } else { e.client_id.clone() };
+    let client = || e.client_id.as_deref().map(str::to_owned);
+    let service = if te.is_some() { cef::audiences(e).or_else(client) } else { client() };
     let service = service.filter(|s| !s.is_empty()).unwrap_or_else(|| "Keycloak".into());
     r.insert("service".into(), json!({ "name": service }));
 
@@ -190,7 +191,7 @@ pub fn api_activity(e: &AuditEvent) -> Value {
     }
     r.insert("actor".into(), Value::Object(actor));
 
-    let operation = if e.event_type.is_empty() { op.to_string() } else { e.event_type.clone() };
+    let operation = if e.event_type.is_empty() { op.to_string() } else { e.event_type.to_string() };
     let operation = if operation.is_empty() { "UNKNOWN".to_string() } else { operation };
     r.insert("api".into(), json!({ "operation": operation, "service": { "name": "Keycloak Admin REST API" } }));
 

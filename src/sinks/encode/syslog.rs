@@ -191,7 +191,7 @@ fn wrap(f: &SyslogFormat, e: &AuditEvent, sev: u8, msg: &str) -> String {
         Framing::Rfc5424 => {
             let mut h = f.header.clone();
             if h.msgid.is_empty() {
-                h.msgid = e.event_type.clone();
+                h.msgid = e.event_type.to_string();
             }
             let sd = if f.structured_data { structured_data(e) } else { Vec::new() };
             rfc5424(&h, sev, e.time, &sd, msg)
