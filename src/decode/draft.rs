@@ -33,6 +33,9 @@ pub struct Draft {
     pub ip_address: Option<Text>,
     /// Details in arrival order; duplicates already resolved by the format.
     pub details: Vec<(Text, Text)>,
+    /// `details` is already sorted by key, each key once (the fast path's visitor checks both), so
+    /// building [`Details`] need not check the order again.
+    pub details_sorted: bool,
     pub admin: Option<AdminInfo>,
     pub origin: Origin,
     pub warnings: Vec<Warning>,
@@ -172,7 +175,8 @@ impl Draft {
         if self.details.len() <= opts.max_details
             && self.details.iter().all(|(k, v)| k.len() <= opts.max_field_bytes && v.len() <= opts.max_detail_value_bytes)
         {
-            return Details::from_pairs(std::mem::take(&mut self.details));
+            let pairs = std::mem::take(&mut self.details);
+            return if self.details_sorted { Details::from_sorted(pairs) } else { Details::from_pairs(pairs) };
         }
         let mut out = Details::new();
         let total = self.details.len();

@@ -106,6 +106,7 @@ pub fn decode(text: &str, origin: &Origin, pre: &[Warning], opts: &DecodeOptions
     draft.ip_address = p.ip_address;
     draft.username = p.details.iter().find(|(k, _)| k == "username").map(|(_, v)| v.clone());
     draft.details = p.details;
+    draft.details_sorted = true;
     Some(draft.finish(opts))
 }
 

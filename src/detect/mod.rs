@@ -550,15 +550,15 @@ fn client_rules(o: &DetectOptions, cs: &mut ClientState, ev: &AuditEvent, client
         // Audience spraying: distinct audiences asked for (successfully or not).
         let sw = ms(o.spray_window);
         for a in &te.audiences {
-            cs.asked.push_back((t, a.to_string(), ev.id.clone()));
+            cs.asked.push_back((t, a.clone(), ev.id.clone()));
             *slot(&mut cs.asked_counts, a, || 0) += 1;
         }
         while cs.asked.front().is_some_and(|(ft, _, _)| *ft < t - sw) {
             let Some((_, a, _)) = cs.asked.pop_front() else { break };
-            if let Some(n) = cs.asked_counts.get_mut(&a) {
+            if let Some(n) = cs.asked_counts.get_mut(a.as_str()) {
                 *n -= 1;
                 if *n == 0 {
-                    cs.asked_counts.remove(&a);
+                    cs.asked_counts.remove(a.as_str());
                 }
             }
         }

@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Text;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Newest event time seen (ms), the reference for lateness.
@@ -74,8 +76,9 @@ pub struct ClientState {
     pub impersonation_first_ms: Option<i64>,
     /// Recent failed exchanges: (time, event id).
     pub errors: VecDeque<(i64, String)>,
-    /// Recent audiences asked for: (time, audience, event id).
-    pub asked: VecDeque<(i64, String, String)>,
+    /// Recent audiences asked for: (time, audience, event id). The audience is `Text` (inline when
+    /// short, as client ids are): one allocation less per event; stored as the same JSON string.
+    pub asked: VecDeque<(i64, Text, String)>,
     /// How often each audience occurs in `asked` (its length is the distinct count, kept in step
     /// with the window so spraying is not re-counted per event).
     #[serde(default)]

@@ -90,6 +90,13 @@ impl Details {
         Details(pairs)
     }
 
+    /// From pairs already sorted by key with each key once (the decoder's fast path checked both):
+    /// skips the order check [`Details::from_pairs`] makes.
+    pub(crate) fn from_sorted(pairs: Vec<(Text, Text)>) -> Self {
+        debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0), "details not sorted and unique");
+        Details(pairs)
+    }
+
     /// Where `key` is, or where it would go.
     fn position(&self, key: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
