@@ -148,6 +148,13 @@ pub struct Realm {
     pub name: Option<Text>,
 }
 
+impl Realm {
+    /// Whether `r` names this realm, by name or by id (configuration may use either).
+    pub fn is(&self, r: &str) -> bool {
+        self.name.as_deref() == Some(r) || self.id.as_deref() == Some(r)
+    }
+}
+
 /// The user an event is about.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

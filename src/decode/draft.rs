@@ -56,8 +56,8 @@ impl Draft {
                 // An empty string names nothing: `"operationType":""` must not yield a type of "" or
                 // "PROTOCOL_MAPPER-" (found by the keycloak_kafka fuzz target).
                 let a = self.admin.get_or_insert_with(Default::default);
-                let named = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
-                match (named(&a.resource_type), named(&a.operation)) {
+                let resource = a.resource_type.as_deref().filter(|s| !s.is_empty());
+                match (resource, a.operation.as_deref().filter(|s| !s.is_empty())) {
                     (Some(r), Some(o)) => compact_str::format_compact!("{r}-{o}"),
                     (None, Some(o)) => o.into(),
                     (Some(_), None) => return Err("admin event has a resourceType but no operationType".into()),

@@ -315,7 +315,7 @@ impl Detector {
             // Per-IP error bursts (client authentication failures carry an attacker-chosen clientId).
             let te_error = ev.token_exchange.is_some() && ev.outcome == Outcome::Failure;
             if te_error {
-                if let Some(ip) = ev.ip_address.clone() {
+                if let Some(ip) = ev.ip_address.as_deref() {
                     let w = rs.ip_errors.entry(ip.to_string()).or_default();
                     w.push_back((t, ev.id.clone(), client.to_string()));
                     while w.front().is_some_and(|(ft, _, _)| *ft < t - ms(o.error_burst_window)) {
@@ -345,13 +345,13 @@ impl Detector {
         }
 
         // Overrides, scoping, development realms; then the event's overall severity.
-        let dev = o.dev_realms.iter().any(|r| Some(r.as_str()) == ev.realm.name.as_deref() || Some(r) == ev.realm.id.as_ref());
+        let dev = o.dev_realms.iter().any(|r| ev.realm.is(r));
         out.findings.retain_mut(|f| {
             if let Some(ov) = o.rules.get(&f.rule) {
                 if ov.enabled == Some(false) {
                     return false;
                 }
-                let in_realm = ov.realms.is_empty() || ov.realms.iter().any(|r| Some(r.as_str()) == ev.realm.name.as_deref() || Some(r) == ev.realm.id.as_ref());
+                let in_realm = ov.realms.is_empty() || ov.realms.iter().any(|r| ev.realm.is(r));
                 let client = ev.client_id.as_deref().unwrap_or("");
                 let in_client = (ov.clients.is_empty() || ov.clients.iter().any(|c| c == client)) && !ov.exclude_clients.iter().any(|c| c == client);
                 if !in_realm || !in_client {

@@ -48,8 +48,7 @@ impl RouteFilter {
             }
         }
         if !self.realms.is_empty() {
-            let named = |r: Option<&str>| r.is_some_and(|r| self.realms.iter().any(|x| x == r));
-            if !named(e.realm.name.as_deref()) && !named(e.realm.id.as_deref()) {
+            if !self.realms.iter().any(|r| e.realm.is(r)) {
                 return false;
             }
         }
