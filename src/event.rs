@@ -277,9 +277,11 @@ pub struct Origin {
     pub delivery_id: Option<String>,
     /// The log line's envelope, for log inputs.
     pub log: Option<Box<LogEnvelope>>,
+    // Shared (`Arc`): a record's origin is copied into its item, its event and its report, and deep
+    // copies of the topic, key and headers showed in Kafka profiles (issue #9).
     /// Where the record sat in Kafka, with its key and headers (Kafka inputs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kafka: Option<Box<KafkaRecord>>,
+    pub kafka: Option<Arc<KafkaRecord>>,
 }
 
 /// A Kafka record's coordinates and metadata (the value is what was decoded).

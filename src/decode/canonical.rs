@@ -78,7 +78,7 @@ mod tests {
         let mut ev = sample();
         ev.findings.push(Finding { rule: "planted".into(), severity: Severity::Critical, title: "t".into(), reason: "r".into(), attack: vec![], related_event_ids: vec![] });
         ev.severity = Some(Severity::Critical);
-        let kafka = Origin { input: "kafka:kcaudit-ingest/2".into(), kafka: Some(Box::new(KafkaRecord { topic: "kcaudit-ingest".into(), partition: 2, offset: 7, ..Default::default() })), ..Default::default() };
+        let kafka = Origin { input: "kafka:kcaudit-ingest/2".into(), kafka: Some(std::sync::Arc::new(KafkaRecord { topic: "kcaudit-ingest".into(), partition: 2, offset: 7, ..Default::default() })), ..Default::default() };
         // kcaudit's own field order, and a re-serialised copy with sorted keys (serde_json::Value).
         let as_written = serde_json::to_string(&ev).unwrap();
         let sorted = serde_json::to_value(&ev).unwrap().to_string();

@@ -308,7 +308,8 @@ fn token_exchange(event_type: &str, exchanger: Option<&str>, d: &Known) -> Optio
     if !is_te {
         return None;
     }
-    let get = |v: Option<&str>| set(v).map(Text::from);
+    // Through value_text: the requested token type is nearly always one of the constant URNs.
+    let get = |v: Option<&str>| set(v).map(crate::event::value_text);
     let (flavour, flavour_reason) = infer_flavour(event_type, d);
     Some(TokenExchange {
         exchanger: exchanger.map(Text::from),

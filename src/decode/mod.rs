@@ -226,15 +226,17 @@ pub fn decode_body(bytes: &[u8], format: Format, base: &Origin, ctx: &Context<'_
         }
     }
     let mut index = 0u32;
-    // Index of the last segment, counted once: counting per blank line made a body of newlines quadratic.
-    let last_segment = text.bytes().filter(|&b| b == b'\n').count();
+    // Where the last segment starts (after the last newline), found once from the end: counting per
+    // blank line made a body of newlines quadratic, and counting every newline up front was a tenth of
+    // a batch's decoding (issue #9).
+    let last_segment_start = text.rfind('\n').map(|p| p + 1);
     let start = out.len();
     let mut offset = 0usize;
     for (n, line) in text.split('\n').enumerate() {
         let line_start = offset;
         offset += line.len() + 1;
         let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.trim().is_empty() && n > 0 && n == last_segment {
+        if line.trim().is_empty() && n > 0 && Some(line_start) == last_segment_start {
             continue; // the newline that ends the body is not a blank record
         }
         if out.len() - start >= ctx.opts.max_records_per_body {

@@ -292,14 +292,23 @@ struct RecordSlot {
     items: std::ops::Range<usize>,
 }
 
-fn origin_of(m: &BorrowedMessage<'_>) -> Origin {
+/// The origin of a record; `inputs` keeps each partition's `kafka:<topic>/<partition>` input label, so
+/// that records share it instead of formatting their own.
+fn origin_of(m: &BorrowedMessage<'_>, inputs: &mut Vec<(String, i32, Arc<str>)>) -> Origin {
     let headers = m
         .headers()
         .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())).collect())
         .unwrap_or_default();
     Origin {
-        input: format!("kafka:{}/{}", m.topic(), m.partition()).into(),
-        kafka: Some(Box::new(KafkaRecord {
+        input: match inputs.iter().find(|(t, p, _)| *p == m.partition() && t == m.topic()) {
+            Some((_, _, input)) => input.clone(),
+            None => {
+                let input: Arc<str> = format!("kafka:{}/{}", m.topic(), m.partition()).into();
+                inputs.push((m.topic().to_string(), m.partition(), input.clone()));
+                input
+            }
+        },
+        kafka: Some(Arc::new(KafkaRecord {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
@@ -372,6 +381,7 @@ impl KafkaSource {
         };
         let lag = self.spawn_lag_reporter();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut inputs = Vec::new();
         loop {
             // Bounded prefetch: wait while too many records are in flight.
             while self.shared.tracker.lock().expect("tracker lock").total_in_flight() >= self.opts.max_in_flight_records {
@@ -397,7 +407,7 @@ impl KafkaSource {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     Ok(Ok(m)) => {
-                        let origin = origin_of(&m);
+                        let origin = origin_of(&m, &mut inputs);
                         let tp = (m.topic().to_string(), m.partition());
                         let start = items.len();
                         let ctx = Context { opts: &self.decode, tz: self.tz, deliveries: None, lines_may_be_noise: false };
