@@ -384,7 +384,7 @@ impl AuditEvent {
     /// The event as one JSON line (no trailing newline): what `serde_json::to_string` gives, written
     /// by [`crate::json_line`] at a fraction of the cost.
     pub fn to_json_line(&self) -> String {
-        let mut out = Vec::with_capacity(2048);
+        let mut out = Vec::with_capacity(4096);
         crate::json_line::write_event(&mut out, self);
         // The writer only appends whole UTF-8 strings and ASCII.
         String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())

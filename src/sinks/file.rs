@@ -185,11 +185,15 @@ pub fn repair_torn_tail(path: &Path) -> std::io::Result<u64> {
 
 /// Encode events as JSON lines into one buffer.
 pub fn encode_lines(events: &[Arc<AuditEvent>]) -> Vec<u8> {
-    // Lines average ~2 KB with enrichment: size for that, not a doubling chain of reallocations.
-    let mut buf = Vec::with_capacity(events.len() * 2304);
-    for e in events {
+    // Sized from the first line (2-3 KB with enrichment), with room to spare, instead of a fixed guess:
+    // a guess below the real size grew (copied) the buffer for nearly every batch (issue #9).
+    let mut buf = Vec::with_capacity(4096);
+    for (i, e) in events.iter().enumerate() {
         crate::json_line::write_event(&mut buf, e);
         buf.push(b'\n');
+        if i == 0 {
+            buf.reserve((events.len() - 1) * (buf.len() + buf.len() / 4));
+        }
     }
     buf
 }
