@@ -255,17 +255,30 @@ fn parse_format(s: &str) -> Result<Format, String> {
     Format::parse(s)
 }
 
+/// Command output on stdout, without `print!`'s panic when stdout is gone: a reader that closed the
+/// pipe (`kcaudit schema event | head`) asked for no more, so the rest is dropped quietly; any other
+/// write error is said on stderr.
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("kcaudit: writing to stdout: {e}");
+        }
+    }
+}
+
 /// Entry point used by the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Schema { which, config } if which == "clickhouse" => with_config(&config, |c| {
             let ch = &c.sinks.clickhouse;
-            print!("{}", crate::sinks::clickhouse::schema::SchemaParams { database: ch.database.clone(), options: ch.schema.clone() }.script());
+            emit(format_args!("{}", crate::sinks::clickhouse::schema::SchemaParams { database: ch.database.clone(), options: ch.schema.clone() }.script()));
             Ok(ExitCode::SUCCESS)
         }),
         Command::Schema { which, .. } => {
-            println!("{}", crate::schema::render(&which));
+            emit(format_args!("{}\n", crate::schema::render(&which)));
             ExitCode::SUCCESS
         }
         Command::Clickhouse { action: ClickhouseAction::Migrate { config } } => with_config(&config, |c| {
@@ -302,7 +315,7 @@ pub fn main() -> ExitCode {
                 };
                 let o = crate::loadgen::DriveOptions { target, batch, connections, count, max_duration: std::time::Duration::from_secs(max_seconds), rate, secret };
                 let rep = runtime()?.block_on(crate::loadgen::drive(gen, o))?;
-                println!("{}", serde_json::to_string_pretty(&rep)?);
+                emit(format_args!("{}\n", serde_json::to_string_pretty(&rep)?));
                 Ok(())
             })();
             match result {
@@ -325,7 +338,7 @@ pub fn main() -> ExitCode {
             };
             let opts = crate::realm_audit::AuditOptions { max_access_token_lifespan_secs: max_token_lifespan, impersonation_allowed_clients: allow_impersonation };
             let (out, code) = crate::realm_audit::run(&files, &format, fail_on, &opts);
-            print!("{out}");
+            emit(format_args!("{out}"));
             ExitCode::from(u8::try_from(code).unwrap_or(2))
         }
         Command::Directory { action: DirectoryAction::Sync { config, out, realms } } => with_config(&config, |c| {
@@ -400,15 +413,15 @@ fn state_command(action: StateAction) -> ExitCode {
                 let st = StateStore::open(&path)?.load()?.unwrap_or_default();
                 let clients: usize = st.realms.values().map(|r| r.clients.len()).sum();
                 let newest = chrono::DateTime::from_timestamp_millis(st.newest_ms).map(|t| crate::event::format_time(&t)).unwrap_or_else(|| "-".into());
-                println!("state: {}", path.display());
-                println!("realms: {}  clients: {}  keys: {}  size: {} bytes  newest event: {}", st.realms.len(), clients, st.key_count(), st.approx_bytes(), newest);
+                emit(format_args!("state: {}\n", path.display()));
+                emit(format_args!("realms: {}  clients: {}  keys: {}  size: {} bytes  newest event: {}\n", st.realms.len(), clients, st.key_count(), st.approx_bytes(), newest));
                 for (name, r) in &st.realms {
-                    println!("  {name}: {} clients", r.clients.len());
+                    emit(format_args!("  {name}: {} clients\n", r.clients.len()));
                 }
             }
             StateAction::Export { .. } => {
                 let st = StateStore::open(&path)?.load()?.unwrap_or_default();
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                emit(format_args!("{}\n", serde_json::to_string_pretty(&st)?));
             }
             StateAction::Import { input, .. } => {
                 let st: crate::detect::state::State = serde_json::from_slice(&std::fs::read(&input)?).map_err(|e| anyhow::anyhow!("{}: not a state export: {e}", input.display()))?;
@@ -424,7 +437,7 @@ fn rules_command(action: RulesAction) -> ExitCode {
     match action {
         RulesAction::Test { dir } => match runtime().and_then(|rt| rt.block_on(crate::detect::rules_test::run_dir(&dir))) {
             Ok(report) => {
-                print!("{}", report.render());
+                emit(format_args!("{}", report.render()));
                 if report.passed() {
                     ExitCode::SUCCESS
                 } else {
@@ -505,7 +518,7 @@ fn validate(args: &ConfigArgs) -> ExitCode {
         eprintln!("{source}: {errors} error(s); kcaudit would not start with this configuration");
         ExitCode::from(78)
     } else {
-        println!("{source}: OK ({} warning(s))", problems.len());
+        emit(format_args!("{source}: OK ({} warning(s))\n", problems.len()));
         ExitCode::SUCCESS
     }
 }

@@ -116,6 +116,19 @@ fn validate_names_the_typoed_key() {
     assert!(String::from_utf8_lossy(&remote_open.stderr).contains("webhook.auth.mode"));
 }
 
+/// A reader that has gone (`kcaudit schema event | head -c 0`) gets nothing more, quietly: no panic
+/// ("failed printing to stdout"), the command's own exit status. The pipe's read end is closed before
+/// the command starts, so every write meets the closed pipe.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_kcaudit")).args(["schema", "event"]).stdout(writer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status.code());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn committed_json_schema_is_current() {
     let out = kcaudit(Path::new(env!("CARGO_MANIFEST_DIR")), &["schema", "event"]);
