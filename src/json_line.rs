@@ -315,8 +315,8 @@ fn origin(out: &mut Vec<u8>, o: &Origin) {
 }
 
 
-/// `,"name":` for a key chosen at run time (the loops over optional fields).
-fn key(out: &mut Vec<u8>, name: &str) {
+/// `,"name":` for a key chosen at run time (the loops over optional fields, the webhook's reply).
+pub(crate) fn key(out: &mut Vec<u8>, name: &str) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":");
@@ -332,7 +332,7 @@ fn boolean(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
 }
 
-fn num(out: &mut Vec<u8>, n: impl itoa::Integer) {
+pub(crate) fn num(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
@@ -412,7 +412,7 @@ fn map<K: AsRef<str>, V>(out: &mut Vec<u8>, m: impl IntoIterator<Item = (K, V)>,
 /// Why eight bytes at a time: an event has ~60 strings of ~20 bytes, nearly none needing escapes.
 /// Checking and copying them a word at a time, the tail as one overlapping word, takes no call into
 /// `memcpy` and no byte loop (issue #9's note has the callgrind figures).
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     out.reserve(b.len() + 2);
     out.push(b'"');
@@ -421,11 +421,6 @@ fn string(out: &mut Vec<u8>, s: &str) {
         escape_from(out, b, clean);
     }
     out.push(b'"');
-}
-
-/// [`string`] for other hand-written JSON (the webhook's reply).
-pub(crate) fn write_string(out: &mut Vec<u8>, s: &str) {
-    string(out, s)
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;

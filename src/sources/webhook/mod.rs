@@ -309,15 +309,15 @@ fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
-/// The response body: counts plus every non-accepted record with its reason.
 /// The body of an ingest reply: the request id, the counts, then the four lists (each `[]` when
 /// nothing is in it). Written directly, not through serde and axum's `Json`: that small body was
 /// ~6,700 instructions of every single-event request (issue #9). A test holds it to what serde
 /// writes for the same fields in the same order.
 fn reply_body(request_id: &str, c: &crate::pipeline::Counts, lists: [&Vec<serde_json::Value>; 4]) -> Vec<u8> {
+    use crate::json_line::{key, num, string};
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"request_id\":");
-    crate::json_line::write_string(&mut body, request_id);
+    string(&mut body, request_id);
     let counts = [
         ("received", c.received),
         ("accepted", c.accepted),
@@ -327,16 +327,12 @@ fn reply_body(request_id: &str, c: &crate::pipeline::Counts, lists: [&Vec<serde_
         ("dead_lettered", c.dead_lettered),
         ("failed", c.failed),
     ];
-    for (key, n) in counts {
-        body.extend_from_slice(b",\"");
-        body.extend_from_slice(key.as_bytes());
-        body.extend_from_slice(b"\":");
-        body.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    for (name, n) in counts {
+        key(&mut body, name);
+        num(&mut body, n);
     }
-    for (key, list) in ["rejections", "duplicate_events", "warnings", "failures"].into_iter().zip(lists) {
-        body.extend_from_slice(b",\"");
-        body.extend_from_slice(key.as_bytes());
-        body.extend_from_slice(b"\":");
+    for (name, list) in ["rejections", "duplicate_events", "warnings", "failures"].into_iter().zip(lists) {
+        key(&mut body, name);
         if list.is_empty() {
             body.extend_from_slice(b"[]");
         } else if serde_json::to_writer(&mut body, list).is_err() {
@@ -347,6 +343,7 @@ fn reply_body(request_id: &str, c: &crate::pipeline::Counts, lists: [&Vec<serde_
     body
 }
 
+/// The response: counts plus every non-accepted record with its reason.
 fn respond(request_id: &str, report: &BatchReport) -> Response {
     let c = report.counts();
     let mut rejections = Vec::new();
