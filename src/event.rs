@@ -386,6 +386,17 @@ impl AuditEvent {
     pub fn to_json_line(&self) -> String {
         let mut out = Vec::with_capacity(4096);
         crate::json_line::write_event(&mut out, self);
+        Self::utf8(out)
+    }
+
+    /// [`AuditEvent::to_json_line`] through a sink's memo of the enrichment's shared parts.
+    pub fn to_json_line_with(&self, memo: &mut crate::json_line::Memo) -> String {
+        let mut out = Vec::with_capacity(4096);
+        crate::json_line::write_event_memo(&mut out, self, memo);
+        Self::utf8(out)
+    }
+
+    fn utf8(out: Vec<u8>) -> String {
         // The writer only appends whole UTF-8 strings and ASCII.
         String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }

@@ -12,8 +12,72 @@
 //! every fixture event, on an event with every optional part present, and on random strings. A field
 //! added to the model without being added here fails those tests.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::event::*;
+
+/// The JSON of the enrichment's shared parts (clients, users, policy verdicts), written once and then
+/// copied: the same few hundred clients and users appear on every event, and writing their ~10
+/// fields each time was a third of an enriched line's cost (issue #9).
+///
+/// Keyed by the `Arc`'s address. An entry is never stale: it holds a clone of the `Arc`, so the
+/// address cannot be freed and reused for another value while the entry exists, and a shared value
+/// cannot change (none of these types has interior mutability, and `Arc::make_mut` copies a shared
+/// value instead of changing it). Bounded: a map that reaches [`Memo::MAX_ENTRIES`] starts afresh,
+/// which also lets go of values a directory reload replaced.
+#[derive(Default)]
+pub struct Memo {
+    clients: Entries<ClientInfo>,
+    users: Entries<UserInfo>,
+    policies: Entries<PolicyVerdict>,
+}
+
+type Entries<T> = HashMap<usize, (Arc<T>, Box<[u8]>), ahash::RandomState>;
+
+impl Memo {
+    pub const MAX_ENTRIES: usize = 4096;
+
+    fn write<T>(entries: &mut Entries<T>, out: &mut Vec<u8>, v: &Arc<T>, write: fn(&mut Vec<u8>, &T)) {
+        let key = Arc::as_ptr(v) as usize;
+        if let Some((_, json)) = entries.get(&key) {
+            out.extend_from_slice(json);
+            return;
+        }
+        let start = out.len();
+        write(out, v);
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (v.clone(), out[start..].into()));
+    }
+}
+
+/// Writes a shared enrichment part, through the memo when there is one.
+struct Parts<'m>(Option<&'m mut Memo>);
+
+impl Parts<'_> {
+    fn client(&mut self, out: &mut Vec<u8>, c: &Arc<ClientInfo>) {
+        match &mut self.0 {
+            Some(m) => Memo::write(&mut m.clients, out, c, client),
+            None => client(out, c),
+        }
+    }
+
+    fn user(&mut self, out: &mut Vec<u8>, u: &Arc<UserInfo>) {
+        match &mut self.0 {
+            Some(m) => Memo::write(&mut m.users, out, u, user),
+            None => user(out, u),
+        }
+    }
+
+    fn policy(&mut self, out: &mut Vec<u8>, p: &Arc<PolicyVerdict>) {
+        match &mut self.0 {
+            Some(m) => Memo::write(&mut m.policies, out, p, policy),
+            None => policy(out, p),
+        }
+    }
+}
 
 /// `,"name":` as one constant copy (every key here is a plain literal that needs no escaping).
 macro_rules! key {
@@ -24,6 +88,16 @@ macro_rules! key {
 
 /// Append `ev` as JSON (no newline).
 pub fn write_event(out: &mut Vec<u8>, ev: &AuditEvent) {
+    write(out, ev, Parts(None));
+}
+
+/// Append `ev` as JSON (no newline), taking the enrichment's shared parts from `memo` (the same bytes
+/// as [`write_event`]; a sink that writes many events keeps one memo for all of them).
+pub fn write_event_memo(out: &mut Vec<u8>, ev: &AuditEvent, memo: &mut Memo) {
+    write(out, ev, Parts(Some(memo)));
+}
+
+fn write(out: &mut Vec<u8>, ev: &AuditEvent, parts: Parts<'_>) {
     out.extend_from_slice(b"{\"schema_version\":");
     num(out, ev.schema_version);
     key!(out, "id");
@@ -97,7 +171,7 @@ pub fn write_event(out: &mut Vec<u8>, ev: &AuditEvent) {
     }
     key!(out, "enrichment");
     match &ev.enrichment {
-        Some(e) => enrichment(out, e),
+        Some(e) => enrichment(out, e, parts),
         None => null(out),
     }
     key!(out, "findings");
@@ -172,7 +246,7 @@ fn admin(out: &mut Vec<u8>, a: &AdminInfo) {
     out.extend_from_slice(b"}}");
 }
 
-fn enrichment(out: &mut Vec<u8>, e: &Enrichment) {
+fn enrichment(out: &mut Vec<u8>, e: &Enrichment, mut parts: Parts<'_>) {
     out.extend_from_slice(b"{\"status\":");
     string(out, e.status.name());
     key!(out, "misses");
@@ -180,9 +254,9 @@ fn enrichment(out: &mut Vec<u8>, e: &Enrichment) {
     key!(out, "source");
     opt_string(out, e.source.as_deref());
     key!(out, "exchanger");
-    opt(out, e.exchanger.as_deref(), client);
+    opt(out, e.exchanger.as_ref(), |out, c| parts.client(out, c));
     key!(out, "subject");
-    opt(out, e.subject.as_deref(), user);
+    opt(out, e.subject.as_ref(), |out, u| parts.user(out, u));
     key!(out, "audiences");
     list(out, &e.audiences, |out, a| {
         out.extend_from_slice(b"{\"audience\":");
@@ -190,27 +264,29 @@ fn enrichment(out: &mut Vec<u8>, e: &Enrichment) {
         key!(out, "known");
         opt(out, a.known, |out, k| boolean(out, k));
         key!(out, "client");
-        opt(out, a.client.as_deref(), client);
+        opt(out, a.client.as_ref(), |out, c| parts.client(out, c));
         out.push(b'}');
     });
     key!(out, "subject_token_client");
-    opt(out, e.subject_token_client.as_deref(), client);
+    opt(out, e.subject_token_client.as_ref(), |out, c| parts.client(out, c));
     key!(out, "impersonator");
-    opt(out, e.impersonator.as_deref(), user);
+    opt(out, e.impersonator.as_ref(), |out, u| parts.user(out, u));
     key!(out, "requested_subject");
-    opt(out, e.requested_subject.as_deref(), user);
+    opt(out, e.requested_subject.as_ref(), |out, u| parts.user(out, u));
     key!(out, "policy");
-    opt(out, e.policy.as_deref(), |out, p| {
-        out.extend_from_slice(b"{\"within_policy\":");
-        string(out, p.within_policy.name());
-        key!(out, "reason");
-        string(out, &p.reason);
-        key!(out, "allowed_audiences");
-        opt(out, p.allowed_audiences.as_deref(), strings);
-        out.push(b'}');
-    });
+    opt(out, e.policy.as_ref(), |out, p| parts.policy(out, p));
     key!(out, "resource_client");
-    opt(out, e.resource_client.as_deref(), client);
+    opt(out, e.resource_client.as_ref(), |out, c| parts.client(out, c));
+    out.push(b'}');
+}
+
+fn policy(out: &mut Vec<u8>, p: &PolicyVerdict) {
+    out.extend_from_slice(b"{\"within_policy\":");
+    string(out, p.within_policy.name());
+    key!(out, "reason");
+    string(out, &p.reason);
+    key!(out, "allowed_audiences");
+    opt(out, p.allowed_audiences.as_deref(), strings);
     out.push(b'}');
 }
 
@@ -723,6 +799,44 @@ mod tests {
             }
         }
         assert!(n > 100, "only {n} enriched events compared");
+    }
+
+    /// The memo gives the bytes `write_event` gives: on first use, on every reuse, for a shared part
+    /// changed through `make_mut` (a copy at a new address, written afresh), and past its bound.
+    #[test]
+    fn the_memo_writes_exactly_what_the_plain_writer_writes() {
+        let mut memo = Memo::default();
+        let ev = full_event();
+        let line = |ev: &AuditEvent, memo: &mut Memo| {
+            let mut out = Vec::new();
+            write_event_memo(&mut out, ev, memo);
+            String::from_utf8(out).unwrap()
+        };
+        let serde = serde_json::to_string(&ev).unwrap();
+        for _ in 0..3 {
+            assert_eq!(line(&ev.clone(), &mut memo), serde);
+        }
+        let en = ev.enrichment.as_ref().unwrap();
+        let exchanger = en.exchanger.clone().unwrap();
+        // The memo holds the parts it wrote, so their addresses cannot be reused while it has them.
+        let held = memo.clients.get(&(Arc::as_ptr(&exchanger) as usize)).map(|(c, _)| c.clone());
+        assert!(held.is_some_and(|c| Arc::ptr_eq(&c, &exchanger)), "the exchanger's JSON was not memoised with its Arc");
+        assert!(!memo.users.is_empty() && !memo.policies.is_empty());
+
+        let mut changed = ev.clone();
+        Arc::make_mut(changed.enrichment.as_mut().unwrap().exchanger.as_mut().unwrap()).name = Some("renamed".into());
+        let got = line(&changed, &mut memo);
+        assert!(got.contains(r#""name":"renamed""#), "{got}");
+        assert_eq!(got, serde_json::to_string(&changed).unwrap());
+        assert_eq!(line(&ev, &mut memo), serde, "the original is unchanged");
+
+        // Past the bound the memo starts afresh and stays exact.
+        for i in 0..Memo::MAX_ENTRIES + 10 {
+            let mut e = ev.clone();
+            Arc::make_mut(e.enrichment.as_mut().unwrap().exchanger.as_mut().unwrap()).client_id = format!("c{i}");
+            assert_eq!(line(&e, &mut memo), serde_json::to_string(&e).unwrap());
+            assert!(memo.clients.len() <= Memo::MAX_ENTRIES);
+        }
     }
 
     /// The word-at-a-time writer at every length around its word boundaries, with each kind of byte

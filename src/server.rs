@@ -40,7 +40,7 @@ pub fn sinks_named(config: &Config, want: impl Fn(&str) -> bool) -> anyhow::Resu
     }
     let s = &config.sinks.stdout;
     if s.enabled && want("stdout") {
-        sinks.push(SinkSpec { sink: Box::new(StdoutSink { format: s.format }), batch: s.batch.clone(), retry: s.retry.clone() });
+        sinks.push(SinkSpec { sink: Box::new(StdoutSink { format: s.format, ..Default::default() }), batch: s.batch.clone(), retry: s.retry.clone() });
     }
     let c = &config.sinks.clickhouse;
     if c.enabled && want("clickhouse") {

@@ -153,7 +153,7 @@ async fn a_slow_api_falls_back_to_the_snapshot() {
     let en: Arc<Enricher> = config.enricher(config.admin_api_client().unwrap(), Metrics::new()).unwrap().unwrap();
     let items = event("s1", "cd3adec8-6fdc-414d-9093-31ddbb37ec99");
     let kcaudit::decode::Decoded::Event(mut ev) = items.into_iter().next().unwrap().decoded else { panic!() };
-    en.enrich(&mut ev).await;
+    en.enrich(Arc::make_mut(&mut ev)).await;
     let e = ev.enrichment.as_ref().unwrap();
     assert_eq!(e.status, EnrichmentStatus::Enriched, "{:?}", e.misses);
     assert_eq!(e.subject.as_ref().unwrap().username.as_deref(), Some("alice.nguyen"));

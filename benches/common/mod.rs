@@ -13,7 +13,7 @@ pub fn fixture_events() -> Vec<AuditEvent> {
     let ctx = Context { opts: &opts, tz: opts.time_zone().unwrap(), deliveries: None, lines_may_be_noise: false };
     let mut items = Vec::new();
     decode_body(&body, Format::Auto, &Origin::default(), &ctx, &mut items);
-    items.into_iter().filter_map(|i| if let Decoded::Event(e) = i.decoded { Some(*e) } else { None }).collect()
+    items.into_iter().filter_map(|i| if let Decoded::Event(e) = i.decoded { Some(std::sync::Arc::unwrap_or_clone(e)) } else { None }).collect()
 }
 
 /// `base` repeated to `n` events with fresh ids (`{tag}-{i}`) on a steady clock, `step_ms` apart from

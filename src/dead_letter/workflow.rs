@@ -496,7 +496,7 @@ enum Mode {
 }
 
 enum Work {
-    Event(Box<AuditEvent>),
+    Event(Arc<AuditEvent>),
     Raw { bytes: Vec<u8>, format: Format },
 }
 
@@ -586,10 +586,10 @@ pub async fn replay(config: &Config, store: &Store, filter: &Filter, opts: &Repl
                         }
                     }
                 };
-                (Mode::Redeliver, targets, Work::Event(Box::new(ev.clone())))
+                (Mode::Redeliver, targets, Work::Event(Arc::new(ev.clone())))
             }
             Stage::Dedup | Stage::Decode | Stage::Auth => match (&r.event, r.raw_bytes()) {
-                (Some(ev), _) => (Mode::Fresh, all.clone(), Work::Event(Box::new(ev.clone()))),
+                (Some(ev), _) => (Mode::Fresh, all.clone(), Work::Event(Arc::new(ev.clone()))),
                 (None, Some(Ok(bytes))) => {
                     // The format the record was read as; `recording` failures store the delivery's
                     // body, and `unknown` (auth) says nothing: detect those.

@@ -47,7 +47,7 @@ pub fn decode(text: &str, origin: &Origin, pre: &[Warning], out: &mut Vec<Item>)
         // Replaying a file: the file position is the provenance that matters now.
         ev.origin.line = origin.line;
     }
-    out.push(Item { origin, decoded: Decoded::Event(Box::new(ev)), raw: None });
+    out.push(Item { origin, decoded: Decoded::Event(std::sync::Arc::new(ev)), raw: None });
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use std::sync::Arc;
 
 use super::draft::Draft;
 use super::{DecodeOptions, Format};
@@ -61,7 +62,9 @@ fn details<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Text, Text)>, D::Erro
             f.write_str("an object of strings")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out: Vec<(Text, Text)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+            // serde_json gives no size hint; token exchanges carry 8-12 details, and starting at 8
+            // grew (reallocated) the list for most of them (issue #9).
+            let mut out: Vec<(Text, Text)> = Vec::with_capacity(map.size_hint().unwrap_or(12));
             while let Some((k, v)) = map.next_entry::<Text, ValueText>()? {
                 out.push((k, v.0));
             }
@@ -78,7 +81,7 @@ fn details<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Text, Text)>, D::Erro
 /// Decode `text` (one trimmed JSON object) if it is a plain Keycloak user event; `None` otherwise.
 /// `pre` are warnings that apply to the whole record. The event's origin is `origin` labelled with
 /// the Keycloak format, as the general path labels it.
-pub fn decode(text: &str, origin: &Origin, pre: &[Warning], opts: &DecodeOptions) -> Option<Result<AuditEvent, String>> {
+pub fn decode(text: &str, origin: &Origin, pre: &[Warning], opts: &DecodeOptions) -> Option<Result<Arc<AuditEvent>, String>> {
     // serde_json::from_str also refuses trailing bytes, which the general path keeps with a warning.
     let p: Plain = serde_json::from_str(text).ok()?;
     let t = p.event_type.as_str();

@@ -87,6 +87,7 @@ pub fn decode_line(line: &str, origin: &Origin, pre: &[Warning], ctx: &Context<'
                     }
                     let mut ev = json_event::decode(&obj, d2, ctx.opts);
                     if let Ok(e) = &mut ev {
+                        let e = std::sync::Arc::make_mut(e);
                         if !has_time {
                             e.warnings.retain(|w| w.code != "time_missing");
                             if e.time.is_some() {
@@ -108,7 +109,7 @@ pub fn decode_line(line: &str, origin: &Origin, pre: &[Warning], ctx: &Context<'
         }
     };
     match result {
-        Ok(ev) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(Box::new(ev)), raw: None }),
+        Ok(ev) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(ev), raw: None }),
         Err(e) => out.push(Item {
             origin: labelled(origin, Format::JbossLogging),
             decoded: Decoded::Rejected(e),
@@ -191,7 +192,7 @@ fn apply_log_time(rec: &LogRecord, tz: chrono_tz::Tz, draft: &mut Draft) {
 
 /// Give key=value pairs their meaning. Keycloak prints its fixed fields before the details, and detail
 /// keys are fixed strings in Keycloak's code, so for a repeated key the first occurrence is the real one.
-fn from_pairs(pairs: Vec<(String, String)>, mut d: Draft, ctx: &Context<'_>) -> Result<AuditEvent, String> {
+fn from_pairs(pairs: Vec<(String, String)>, mut d: Draft, ctx: &Context<'_>) -> Result<std::sync::Arc<AuditEvent>, String> {
     let admin = match pairs.first().map(|(k, _)| k.as_str()) {
         Some("type") => false,
         Some("operationType") => true,

@@ -46,7 +46,7 @@ pub fn looks_like_event(obj: &Map<String, Value>) -> bool {
 }
 
 /// Map one JSON object to a canonical event.
-pub fn decode(obj: &Map<String, Value>, mut draft: Draft, opts: &DecodeOptions) -> Result<AuditEvent, String> {
+pub fn decode(obj: &Map<String, Value>, mut draft: Draft, opts: &DecodeOptions) -> Result<std::sync::Arc<AuditEvent>, String> {
     if !looks_like_event(obj) {
         return Err(format!(
             "JSON object is not a Keycloak event (no type, eventType or operationType; keys: {})",

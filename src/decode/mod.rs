@@ -23,6 +23,7 @@ pub mod recording;
 pub mod time;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -149,7 +150,10 @@ impl DecodeOptions {
 /// What became of one record.
 #[derive(Debug, Clone)]
 pub enum Decoded {
-    Event(Box<AuditEvent>),
+    // An `Arc` from the start: the pipeline shares each accepted event with every sink, and an event
+    // made as a `Box` was copied into a new allocation there (~500 instructions an event, issue #9).
+    // Until then it has one owner, so the stages change it in place (`Arc::make_mut` never copies).
+    Event(Arc<AuditEvent>),
     /// Not an event and not an error: blank lines, start-up log lines, stack traces.
     Skipped(String),
     /// Could not be decoded; goes to the dead-letter store with this reason.
@@ -315,7 +319,7 @@ fn fast_record(text: &str, trimmed: &str, format: Format, origin: &Origin, pre: 
         return false;
     }
     match fast::decode(trimmed, origin, pre, ctx.opts) {
-        Some(Ok(ev)) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(Box::new(ev)), raw: None }),
+        Some(Ok(ev)) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(ev), raw: None }),
         Some(Err(e)) => out.push(rejected(text, origin, format, e)),
         None => return false,
     }
@@ -350,7 +354,7 @@ fn decode_object(text: &str, trimmed: &str, format: Format, origin: &Origin, pre
     draft.warnings.extend(pre.iter().cloned());
     draft.warnings.extend(parsed.warnings);
     match json_event::decode(obj, draft, ctx.opts) {
-        Ok(ev) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(Box::new(ev)), raw: None }),
+        Ok(ev) => out.push(Item { origin: ev.origin.clone(), decoded: Decoded::Event(ev), raw: None }),
         Err(e) => reject(e, out),
     }
 }

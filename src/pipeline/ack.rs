@@ -52,18 +52,21 @@ impl AckGroup {
         g
     }
 
-    pub fn token(self: &Arc<Self>, index: usize, sink: &str) -> AckToken {
-        AckToken { group: Some(self.clone()), index, sink: sink.to_string() }
+    pub fn token(self: &Arc<Self>, index: usize, sink: &Arc<str>) -> AckToken {
+        AckToken { group: Some(self.clone()), index, sink: sink.clone() }
     }
 
     fn resolve(&self, index: usize, sink: &str, result: SinkResult) {
-        if let Ok(mut fates) = self.fates.lock() {
-            if let Some(f) = fates.get_mut(index) {
-                match result {
-                    SinkResult::Delivered => {}
-                    SinkResult::DeadLettered(r) => f.dead_lettered.push((sink.to_string(), r)),
-                    SinkResult::Failed(r) => f.failed.push((sink.to_string(), r)),
-                }
+        // A delivery changes no fate (the common case takes no lock).
+        let entry = match result {
+            SinkResult::Delivered => None,
+            SinkResult::DeadLettered(r) => Some((false, r)),
+            SinkResult::Failed(r) => Some((true, r)),
+        };
+        if let Some((failed, reason)) = entry {
+            if let Some(f) = self.fates.lock().ok().as_mut().and_then(|fates| fates.get_mut(index)) {
+                let list = if failed { &mut f.failed } else { &mut f.dead_lettered };
+                list.push((sink.to_string(), reason));
             }
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -84,7 +87,7 @@ impl AckGroup {
 pub struct AckToken {
     group: Option<Arc<AckGroup>>,
     index: usize,
-    sink: String,
+    sink: Arc<str>,
 }
 
 impl AckToken {
@@ -111,11 +114,12 @@ mod tests {
     fn completes_once_when_every_token_resolves() {
         let (tx, rx) = std::sync::mpsc::channel();
         let g = AckGroup::new(2, 2, Box::new(move |f| tx.send(f).unwrap()));
-        g.token(0, "a").resolve(SinkResult::Delivered);
-        g.token(0, "b").resolve(SinkResult::DeadLettered("refused".into()));
-        g.token(1, "a").resolve(SinkResult::Delivered);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        g.token(0, &a).resolve(SinkResult::Delivered);
+        g.token(0, &b).resolve(SinkResult::DeadLettered("refused".into()));
+        g.token(1, &a).resolve(SinkResult::Delivered);
         assert!(rx.try_recv().is_err(), "one token still outstanding");
-        drop(g.token(1, "b")); // a sink that died
+        drop(g.token(1, &b)); // a sink that died
         let fates = rx.try_recv().unwrap();
         assert_eq!(fates[0].dead_lettered, vec![("b".to_string(), "refused".to_string())]);
         assert_eq!(fates[1].failed.len(), 1);

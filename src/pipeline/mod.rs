@@ -380,7 +380,8 @@ pub struct Stages {
 }
 
 struct Central {
-    sinks: Vec<(String, mpsc::Sender<SinkItem>)>,
+    /// Each sink's name is shared with every acknowledgement token made for it.
+    sinks: Vec<(Arc<str>, mpsc::Sender<SinkItem>)>,
     drivers: Drivers,
     enricher: Option<Arc<Enricher>>,
     detector: Option<Arc<Mutex<Detector>>>,
@@ -413,7 +414,7 @@ impl Central {
 
     /// Spawn a sink's driver; a running sink of the same name is retired (see [`Central::retire`]).
     fn start_sink(&mut self, s: SinkSpec) {
-        let name = s.sink.name().to_string();
+        let name: Arc<str> = s.sink.name().into();
         let (tx, h) = spawn_sink(s.sink, s.batch, s.retry, self.dead_letters.clone(), self.metrics.clone());
         self.drivers.lock().unwrap_or_else(|p| p.into_inner()).push(h);
         match self.sinks.iter_mut().find(|(n, _)| *n == name) {
@@ -425,7 +426,7 @@ impl Central {
 
     /// Stop feeding a sink; its driver drains, flushes and closes on its own (awaited at shutdown).
     fn retire(&mut self, name: &str) {
-        self.sinks.retain(|(n, _)| n != name);
+        self.sinks.retain(|(n, _)| &**n != name);
     }
 
     fn reconfigure(&mut self, change: Reconfigure) {
@@ -471,7 +472,7 @@ impl Central {
         let trace = sub.trace;
         let mut reports = Vec::with_capacity(sub.items.len());
         let mut dead = Vec::new();
-        let mut fresh: Vec<(usize, Box<AuditEvent>)> = Vec::new();
+        let mut fresh: Vec<(usize, Arc<AuditEvent>)> = Vec::new();
         let dedup_span = crate::child_span!(&trace, "dedup", kcaudit.source = sub.source, kcaudit.records = sub.items.len(), kcaudit.accepted = tracing::field::Empty);
         let in_dedup = dedup_span.enter();
         // One label lookup per submission, not per record (a hash and a lock each).
@@ -526,7 +527,7 @@ impl Central {
                             );
                             tracing::warn!(event_id = %ev.id, "Event id reused with different content.");
                             r.reason = Some(reason.clone());
-                            dead.push(DeadLetter::new(Stage::Dedup, reason, r.origin.clone()).with_event(*ev));
+                            dead.push(DeadLetter::new(Stage::Dedup, reason, r.origin.clone()).with_event(Arc::unwrap_or_clone(ev)));
                         }
                     }
                     reports.push(r);
@@ -539,7 +540,8 @@ impl Central {
         if let Some(en) = &self.enricher {
             let mut refs: Vec<&mut AuditEvent> = Vec::with_capacity(fresh.len());
             for (_, e) in fresh.iter_mut() {
-                refs.push(e);
+                // Not yet shared (decoding made it, nothing else holds it): changed in place.
+                refs.push(Arc::make_mut(e));
             }
             // The admin-API calls made while enriching are children of this span.
             let span = crate::child_span!(&trace, "enrich", kcaudit.events = refs.len());
@@ -550,21 +552,17 @@ impl Central {
             let _in = span.enter();
             let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
             for (_, e) in fresh.iter_mut() {
-                d.process(e);
+                d.process(Arc::make_mut(e));
             }
             d.persist(false);
             span.record("kcaudit.findings", fresh.iter().map(|(_, e)| e.findings.len()).sum::<usize>());
         }
-        let accepted: Vec<(usize, Arc<AuditEvent>)> = fresh
-            .into_iter()
-            .map(|(pos, ev)| {
-                let ev: Arc<AuditEvent> = Arc::new(*ev);
-                if sub.keep_events {
-                    reports[pos].event = Some(ev.clone());
-                }
-                (pos, ev)
-            })
-            .collect();
+        let accepted = fresh;
+        if sub.keep_events {
+            for (pos, ev) in &accepted {
+                reports[*pos].event = Some(ev.clone());
+            }
+        }
         if !dead.is_empty() {
             let stages: Vec<Stage> = dead.iter().map(|d| d.stage).collect();
             if let Err(e) = self.dead_letters.append(dead).await {
@@ -581,7 +579,6 @@ impl Central {
         }
 
         let positions: Vec<usize> = accepted.iter().map(|(p, _)| *p).collect();
-        let ids: Vec<String> = accepted.iter().map(|(_, e)| e.id.clone()).collect();
         let dedup = self.dedup.clone();
         let reply = sub.reply;
         let group = AckGroup::new(
@@ -590,10 +587,11 @@ impl Central {
             Box::new(move |fates| {
                 let mut reports = reports;
                 for (k, fate) in fates.into_iter().enumerate() {
-                    if !fate.failed.is_empty() {
-                        Self::forget(&dedup, &ids[k]);
-                    }
                     if let Some(r) = reports.get_mut(positions[k]) {
+                        // The report carries the event's id (one copy of it, not two).
+                        if let Some(id) = r.event_id.as_deref().filter(|_| !fate.failed.is_empty()) {
+                            Self::forget(&dedup, id);
+                        }
                         r.dead_lettered = fate.dead_lettered;
                         r.failed = fate.failed;
                     }

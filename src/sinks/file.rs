@@ -78,6 +78,7 @@ pub struct FileSink {
     /// This sink's own write options, put into the shared state at each write: after a hot reload
     /// the retired sink finishes its batches with the old options while the new one uses the new.
     opts: FileOptions,
+    memo: crate::json_line::Memo,
 }
 
 #[derive(Clone, Copy)]
@@ -114,7 +115,7 @@ impl FileSink {
         open.retain(|_, s| s.strong_count() > 0);
         if !truncate {
             if let Some(state) = open.get(path).and_then(|s| s.upgrade()) {
-                return Ok(FileSink { name: name.to_string(), state, opts });
+                return Ok(FileSink { name: name.to_string(), state, opts, memo: Default::default() });
             }
         }
         let file = open_file(path, truncate).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
@@ -132,7 +133,7 @@ impl FileSink {
         if !truncate {
             open.insert(path.to_path_buf(), Arc::downgrade(&state));
         }
-        Ok(FileSink { name: name.to_string(), state, opts })
+        Ok(FileSink { name: name.to_string(), state, opts, memo: Default::default() })
     }
 }
 
@@ -183,13 +184,13 @@ pub fn repair_torn_tail(path: &Path) -> std::io::Result<u64> {
     Ok(len)
 }
 
-/// Encode events as JSON lines into one buffer.
-pub fn encode_lines(events: &[Arc<AuditEvent>]) -> Vec<u8> {
+/// Encode events as JSON lines into one buffer (`memo`: the sink's, kept across batches).
+pub fn encode_lines(events: &[Arc<AuditEvent>], memo: &mut crate::json_line::Memo) -> Vec<u8> {
     // Sized from the first line (2-3 KB with enrichment), with room to spare, instead of a fixed guess:
     // a guess below the real size grew (copied) the buffer for nearly every batch (issue #9).
     let mut buf = Vec::with_capacity(4096);
     for (i, e) in events.iter().enumerate() {
-        crate::json_line::write_event(&mut buf, e);
+        crate::json_line::write_event_memo(&mut buf, e, memo);
         buf.push(b'\n');
         if i == 0 {
             buf.reserve((events.len() - 1) * (buf.len() + buf.len() / 4));
@@ -255,7 +256,7 @@ impl Sink for FileSink {
     }
 
     fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
-        let buf = encode_lines(events);
+        let buf = encode_lines(events, &mut self.memo);
         let state = self.state.clone();
         let o = self.opts;
         Box::pin(async move {

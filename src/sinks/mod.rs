@@ -348,10 +348,12 @@ async fn deliver(sink: &mut dyn Sink, name: &str, items: Vec<SinkItem>, retry: &
         }
         let mut next = Vec::new();
         let give_up = attempt >= retry.max_attempts.max(1);
+        // One label lookup per batch, not per event (a hash and a lock each).
+        let delivered = metrics.delivered.with_label_values(&[name]);
         for (i, item) in pending.into_iter().enumerate() {
             match fate[i] {
                 0 => {
-                    metrics.delivered.with_label_values(&[name]).inc();
+                    delivered.inc();
                     item.ack.resolve(SinkResult::Delivered);
                 }
                 1 => refused.push((item, reasons[i].take().unwrap_or_default())),

@@ -346,6 +346,16 @@ impl EnvelopeSettings {
 
     /// One envelope, without a trailing newline.
     pub fn envelope(&self, e: &AuditEvent) -> String {
+        self.wrap(e, &e.to_json_line())
+    }
+
+    /// As [`EnvelopeSettings::envelope`], writing the event through the sink's memo of shared
+    /// enrichment parts.
+    pub fn envelope_with(&self, e: &AuditEvent, memo: &mut crate::json_line::Memo) -> String {
+        self.wrap(e, &e.to_json_line_with(memo))
+    }
+
+    fn wrap(&self, e: &AuditEvent, event_json: &str) -> String {
         let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
         let mut out = String::with_capacity(2048);
         out.push('{');
@@ -365,7 +375,7 @@ impl EnvelopeSettings {
             out.push_str(&s(index));
         }
         out.push_str(",\"event\":");
-        out.push_str(&e.to_json_line());
+        out.push_str(event_json);
         out.push_str(",\"fields\":");
         out.push_str(&serde_json::to_string(&indexed_fields(e)).unwrap_or_else(|_| "{}".into()));
         out.push('}');
@@ -522,6 +532,8 @@ pub struct SplunkHecSink {
     /// ackIds that timed out in the previous write, asked once more before their events are re-sent.
     unconfirmed: Vec<Unconfirmed>,
     warned_no_ack_id: bool,
+    /// The JSON of shared enrichment parts, kept across batches (see [`crate::json_line::Memo`]).
+    memo: crate::json_line::Memo,
 }
 
 fn ptr(e: &Arc<AuditEvent>) -> usize {
@@ -547,6 +559,7 @@ impl SplunkHecSink {
             opts: opts.clone(),
             unconfirmed: Vec::new(),
             warned_no_ack_id: false,
+            memo: Default::default(),
         })
     }
 
@@ -653,7 +666,8 @@ impl SplunkHecSink {
 
         // Encode what is left and cut it into requests.
         let todo: Vec<usize> = (0..events.len()).filter(|&i| fate[i] == Fate::Pending).collect();
-        let lines: Vec<String> = todo.iter().map(|&i| self.envelope.envelope(&events[i]) + "\n").collect();
+        let (envelope, memo) = (&self.envelope, &mut self.memo);
+        let lines: Vec<String> = todo.iter().map(|&i| envelope.envelope_with(&events[i], memo) + "\n").collect();
         let sizes: Vec<usize> = lines.iter().map(String::len).collect();
         let mut queue: VecDeque<Vec<usize>> = super::cut(&sizes, usize::MAX, self.opts.max_bytes.max(1)).into_iter().map(|r| r.collect()).collect();
         // (ackId, batch indexes) of requests taken by HEC, waiting for their acknowledgement.

@@ -11,6 +11,7 @@ use crate::event::AuditEvent;
 #[derive(Default)]
 pub struct StdoutSink {
     pub format: super::encode::JsonFormat,
+    pub memo: crate::json_line::Memo,
 }
 
 impl Sink for StdoutSink {
@@ -20,7 +21,7 @@ impl Sink for StdoutSink {
 
     fn write<'a>(&'a mut self, events: &'a [Arc<AuditEvent>]) -> BoxFuture<'a, Result<WriteReport, SinkError>> {
         let buf = match self.format {
-            super::encode::JsonFormat::Canonical => super::file::encode_lines(events),
+            super::encode::JsonFormat::Canonical => super::file::encode_lines(events, &mut self.memo),
             other => {
                 let mut buf = Vec::new();
                 for e in events {

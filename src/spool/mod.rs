@@ -72,7 +72,7 @@ pub enum SpoolError {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum SpoolItem {
-    Event { event: Box<AuditEvent> },
+    Event { event: std::sync::Arc<AuditEvent> },
     Rejected { origin: Origin, reason: String, raw_base64: Option<String> },
     Skipped { origin: Origin, reason: String },
 }

@@ -84,7 +84,7 @@ pub fn generated(seed: u64, n: u64) -> Vec<Item> {
 
 /// Events as pipeline items (each keeps its own origin).
 pub fn items_of(events: &[AuditEvent]) -> Vec<Item> {
-    events.iter().map(|e| Item { origin: e.origin.clone(), decoded: Decoded::Event(Box::new(e.clone())), raw: None }).collect()
+    events.iter().map(|e| Item { origin: e.origin.clone(), decoded: Decoded::Event(std::sync::Arc::new(e.clone())), raw: None }).collect()
 }
 
 /// The enriched, flagged fixture events with a machine-independent origin and enrichment source

@@ -135,6 +135,8 @@ pub struct ClickHouseSink {
     current: usize,
     table: String,
     instance: String,
+    /// The JSON of shared enrichment parts, kept across batches (see [`crate::json_line::Memo`]).
+    memo: crate::json_line::Memo,
 }
 
 /// The token for one INSERT: a digest of the target and of every event id it carries, in order. The
@@ -177,6 +179,7 @@ impl ClickHouseSink {
             password,
             current: 0,
             instance: instance_name(),
+            memo: Default::default(),
         })
     }
 
@@ -290,7 +293,8 @@ impl ClickHouseSink {
 
     async fn write_batch(&mut self, events: &[Arc<AuditEvent>]) -> Result<WriteReport, SinkError> {
         let now = now_millis();
-        let mut rows: Vec<EventRow<'_>> = events.iter().map(|e| EventRow::new(e, now)).collect();
+        let memo = &mut self.memo;
+        let mut rows: Vec<EventRow<'_>> = events.iter().map(|e| EventRow::with_memo(e, now, memo)).collect();
         let sizes: Vec<usize> = rows.iter().map(EventRow::approx_bytes).collect();
         let chunks = cut(&sizes, self.opts.max_rows_per_insert, self.opts.max_bytes_per_insert);
         let mut report = WriteReport::default();

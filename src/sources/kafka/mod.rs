@@ -532,7 +532,7 @@ async fn complete_batch(pipeline: PipelineHandle, items: Vec<Item>, slots: Vec<R
                     if let (ItemStatus::Accepted, false, Some(ev)) = (r.status, r.failed.is_empty(), &r.event) {
                         let mut ev = AuditEvent::clone(ev);
                         ev.clear_verdicts();
-                        retry_items.push(Item { origin: r.origin.clone(), decoded: crate::decode::Decoded::Event(Box::new(ev)), raw: None });
+                        retry_items.push(Item { origin: r.origin.clone(), decoded: crate::decode::Decoded::Event(Arc::new(ev)), raw: None });
                     }
                 }
                 retry_slots.push(RecordSlot { items: start..retry_items.len(), ..slot });

@@ -135,7 +135,7 @@ impl Routes {
 fn note_all(items: &mut [Item], code: &str, message: &str) {
     for it in items {
         if let Decoded::Event(ev) = &mut it.decoded {
-            ev.warnings.push(crate::event::Warning::new(code, message));
+            std::sync::Arc::make_mut(ev).warnings.push(crate::event::Warning::new(code, message));
         }
     }
 }

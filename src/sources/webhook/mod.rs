@@ -259,7 +259,7 @@ async fn ingest_inner(s: &WebhookState, req: Request) -> Response {
     let now = Utc::now();
     for item in &mut items {
         if let Decoded::Event(ev) = &mut item.decoded {
-            ev.received_at = Some(now);
+            Arc::make_mut(ev).received_at = Some(now);
         }
     }
     if let Some(spool) = &s.spool {
