@@ -107,7 +107,7 @@ run_http() { # name count batch connections rate sink [extra --set ...]
   local t0; t0=$(date +%s.%N)
   local rep; rep=$("$BIN" loadgen --target http://127.0.0.1:18787/v1/events --count "$count" --batch "$batch" --connections "$conns" --rate "$rate" --max-seconds 300)
   # With the spool on, a 2xx means "on disk"; delivery follows. Wait (bounded) for the sink to catch up.
-  local sent; sent=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['events_sent'])" "$rep")
+  local sent; sent=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['events_accepted'])" "$rep")
   local got=0
   for _ in $(seq 600); do got=$(delivered "$sink"); [ "${got%.*}" -ge "$sent" ] && break; sleep 0.1; done
   local c1; c1=$(cpu_of "$SERVER_PID"); local rss; rss=$(rss_of "$SERVER_PID" VmHWM)
@@ -118,8 +118,8 @@ run_http() { # name count batch connections rate sink [extra --set ...]
   python3 - "$name" "$c0" "$c1" "$rss" "$got" "$rep" <<'PY'
 import json, sys
 name, c0, c1, rss, got, rep = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(float(sys.argv[5])), json.loads(sys.argv[6])
-sent = rep["events_sent"]
-assert rep["errors"] == 0, f"{name}: {rep['errors']} failed requests: {rep['status_counts']}"
+sent = rep["events_accepted"]
+assert rep["errors"] == 0 and sent == rep["events_sent"], f"{name}: {rep['errors']} failed requests: {rep['status_counts']}"
 assert got == sent, f"{name}: the sink got {got} events, loadgen had {sent} acknowledged"
 print(f"{name}|{sent}|{rep['events_per_sec']:,.0f}|{(c1-c0)/max(sent,1)*1e6:.2f}|{rep['latency_ms_p50']:.2f}|{rep['latency_ms_p99']:.2f}|{rss}")
 PY

@@ -104,6 +104,8 @@ pub enum Command {
         action: RulesAction,
     },
     /// Generate realistic token-exchange traffic: to a file, or against a kcaudit webhook on loopback.
+    /// Against a webhook it prints a JSON report (rate, latency percentiles, statuses) and exits 1
+    /// if any request failed.
     Loadgen {
         /// Webhook URL (loopback only), e.g. http://127.0.0.1:8787/v1/events. Omit with --out.
         #[arg(long)]
@@ -316,6 +318,17 @@ pub fn main() -> ExitCode {
                 let o = crate::loadgen::DriveOptions { target, batch, connections, count, max_duration: std::time::Duration::from_secs(max_seconds), rate, secret };
                 let rep = runtime()?.block_on(crate::loadgen::drive(gen, o))?;
                 emit(format_args!("{}\n", serde_json::to_string_pretty(&rep)?));
+                // A run with failed requests measured something else than it meant to: say so, and
+                // exit non-zero so that no script takes its numbers for a clean run.
+                anyhow::ensure!(
+                    rep.errors == 0,
+                    "{} of {} requests failed ({} of {} events accepted); statuses {:?} (0: no answer)",
+                    rep.errors,
+                    rep.requests,
+                    rep.events_accepted,
+                    rep.events_sent,
+                    rep.status_counts
+                );
                 Ok(())
             })();
             match result {

@@ -156,14 +156,22 @@ pub struct DriveOptions {
     pub secret: Option<Vec<u8>>,
 }
 
-/// What a run achieved.
+/// What a run achieved. A request that failed (no answer, or a status outside 2xx) counts in
+/// `errors` and `status_counts` (status 0: no answer at all), its events in `events_sent` but not in
+/// `events_accepted`; the rates and latencies are of accepted requests only, so a server that
+/// answers 413 or 503 quickly cannot look fast.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DriveReport {
+    /// Events in every request sent, answered or not.
     pub events_sent: u64,
+    /// Events in requests answered 2xx: what the server acknowledged.
+    pub events_accepted: u64,
     pub requests: u64,
     pub errors: u64,
     pub seconds: f64,
+    /// Accepted events per second.
     pub events_per_sec: f64,
+    /// Accepted requests per second.
     pub requests_per_sec: f64,
     pub latency_ms_p50: f64,
     pub latency_ms_p90: f64,
@@ -182,22 +190,27 @@ pub fn check_loopback(url: &str) -> anyhow::Result<()> {
 }
 
 /// Drive the webhook; bounded by `count` and `max_duration`, whichever comes first.
+///
+/// Each connection is one task speaking HTTP/1.1 through hyper's connection-level client, with its
+/// own histogram and counts (merged at the end): the load tool shares the machine with the server,
+/// and with a pooled general-purpose client (reqwest) it spent as much CPU per single-event request
+/// as the server did (issue #9), so it measured itself as much as the server.
 pub async fn drive(gen: GenOptions, o: DriveOptions) -> anyhow::Result<DriveReport> {
     check_loopback(&o.target)?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(o.connections).timeout(Duration::from_secs(30)).build()?;
+    let target = Target::parse(&o.target)?;
     let generator = Arc::new(Mutex::new(Generator::new(gen)));
-    let sent = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
-    let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
+    let claimed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + o.max_duration;
     let batch = o.batch.max(1) as u64;
     let mut tasks = Vec::new();
     for _ in 0..o.connections.max(1) {
-        let (client, generator, sent, hist, statuses, o) = (client.clone(), generator.clone(), sent.clone(), hist.clone(), statuses.clone(), o.clone());
+        let (target, generator, claimed, o) = (target.clone(), generator.clone(), claimed.clone(), o.clone());
         tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::new()?;
+            let mut conn: Option<Connection> = None;
             loop {
-                let first = sent.fetch_add(batch, Ordering::SeqCst);
+                let first = claimed.fetch_add(batch, Ordering::SeqCst);
                 if first >= o.count || Instant::now() >= deadline {
                     break;
                 }
@@ -218,52 +231,169 @@ pub async fn drive(gen: GenOptions, o: DriveOptions) -> anyhow::Result<DriveRepo
                     }
                     b
                 };
-                let mut req = client.post(&o.target).header("content-type", "application/json");
-                if let Some(s) = &o.secret {
-                    req = req.header("X-Keycloak-Signature", crate::sources::webhook::auth::sign_sha256(s, &body));
-                }
+                let signature = o.secret.as_ref().map(|s| crate::sources::webhook::auth::sign_sha256(s, &body));
                 let t = Instant::now();
-                let status = match req.body(body).send().await {
-                    Ok(r) => {
-                        let s = r.status().as_u16();
-                        let _ = r.bytes().await;
-                        s
+                let status = match tokio::time::timeout(REQUEST_TIMEOUT, target.send(&mut conn, body, signature)).await {
+                    Ok(Ok(status)) => status,
+                    // No answer (refused, reset, timed out): the next request opens a new connection.
+                    Ok(Err(_)) | Err(_) => {
+                        conn = None;
+                        0
                     }
-                    Err(_) => 0,
                 };
-                let us = t.elapsed().as_micros() as u64;
-                if let Ok(mut h) = hist.lock() {
-                    let _ = h.record(us.max(1));
-                }
-                if let Ok(mut s) = statuses.lock() {
-                    *s.entry(status).or_default() += 1;
-                }
+                tally.record(status, n, t.elapsed());
             }
+            anyhow::Ok(tally)
         }));
     }
+    let mut total = Tally::new()?;
     for t in tasks {
-        t.await?;
+        total.merge(t.await??)?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
-    let statuses = statuses.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?.clone();
-    let requests: u64 = statuses.values().sum();
-    let ok: u64 = statuses.iter().filter(|(s, _)| (200..300).contains(*s)).map(|(_, n)| n).sum();
-    let events_sent = sent.load(Ordering::SeqCst).min(o.count).min(requests * batch);
+    let requests: u64 = total.statuses.values().sum();
+    let ok: u64 = total.statuses.iter().filter(|(s, _)| (200..300).contains(*s)).map(|(_, n)| n).sum();
+    let h = &total.latency_us;
     let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     Ok(DriveReport {
-        events_sent,
+        events_sent: total.events_sent,
+        events_accepted: total.events_accepted,
         requests,
         errors: requests - ok,
         seconds,
-        events_per_sec: events_sent as f64 / seconds,
-        requests_per_sec: requests as f64 / seconds,
+        events_per_sec: total.events_accepted as f64 / seconds,
+        requests_per_sec: ok as f64 / seconds,
         latency_ms_p50: q(0.5),
         latency_ms_p90: q(0.9),
         latency_ms_p99: q(0.99),
         latency_ms_max: h.max() as f64 / 1000.0,
-        status_counts: statuses,
+        status_counts: total.statuses,
     })
+}
+
+/// How long one request may take before it counts as unanswered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One connection's results (the run's, once merged).
+struct Tally {
+    latency_us: hdrhistogram::Histogram<u64>,
+    statuses: std::collections::BTreeMap<u16, u64>,
+    events_sent: u64,
+    events_accepted: u64,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Tally> {
+        Ok(Tally { latency_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)?, statuses: Default::default(), events_sent: 0, events_accepted: 0 })
+    }
+
+    fn record(&mut self, status: u16, events: u64, took: Duration) {
+        *self.statuses.entry(status).or_default() += 1;
+        self.events_sent += events;
+        if (200..300).contains(&status) {
+            self.events_accepted += events;
+            let _ = self.latency_us.record((took.as_micros() as u64).max(1));
+        }
+    }
+
+    fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
+        self.latency_us.add(&other.latency_us)?;
+        for (s, n) in other.statuses {
+            *self.statuses.entry(s).or_default() += n;
+        }
+        self.events_sent += other.events_sent;
+        self.events_accepted += other.events_accepted;
+        Ok(())
+    }
+}
+
+/// The webhook to drive: plain HTTP/1.1 on loopback.
+#[derive(Clone)]
+struct Target {
+    addr: std::net::SocketAddr,
+    host: http::HeaderValue,
+    path: http::Uri,
+}
+
+impl Target {
+    fn parse(url: &str) -> anyhow::Result<Target> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("bad --target {url}: {e}"))?;
+        anyhow::ensure!(parsed.scheme() == "http", "loadgen speaks plain HTTP to loopback; {url} is not an http:// URL");
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(parsed.host_str().unwrap_or("").trim_matches(|c| c == '[' || c == ']'), parsed.port_or_known_default().unwrap_or(80)))
+            .map_err(|e| anyhow::anyhow!("resolving --target {url}: {e}"))?
+            .find(|a| a.ip().is_loopback())
+            .ok_or_else(|| anyhow::anyhow!("--target {url} resolves to no loopback address"))?;
+        let path = match parsed.query() {
+            Some(q) => format!("{}?{q}", parsed.path()),
+            None => parsed.path().to_string(),
+        };
+        let host = match parsed.port() {
+            Some(port) => format!("{}:{port}", parsed.host_str().unwrap_or("")),
+            None => parsed.host_str().unwrap_or("").to_string(),
+        };
+        Ok(Target { addr, host: http::HeaderValue::from_str(&host)?, path: path.parse()? })
+    }
+
+    /// POST one body on the connection (opened first if there is none); the answer's status once its
+    /// body has been read.
+    async fn send(&self, conn: &mut Option<Connection>, body: Vec<u8>, signature: Option<String>) -> anyhow::Result<u16> {
+        use http_body_util::BodyExt;
+        use futures::FutureExt;
+        // A connection the server has closed since the last request (idle timeout, shutdown) is
+        // noticed here, by driving it once, and replaced: that is not a failed request.
+        let open = conn.as_mut().is_some_and(|c| !c.sender.is_closed() && c.driver.as_mut().now_or_never().is_none());
+        let c = match conn {
+            Some(c) if open => c,
+            _ => {
+                let stream = tokio::net::TcpStream::connect(self.addr).await?;
+                stream.set_nodelay(true)?;
+                let (sender, driver) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                conn.insert(Connection { sender, driver: Box::pin(driver) })
+            }
+        };
+        let mut req = http::Request::post(self.path.clone())
+            .header(http::header::HOST, self.host.clone())
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(sig) = signature {
+            req = req.header("X-Keycloak-Signature", sig);
+        }
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        let (status, closing) = {
+            let Connection { sender, driver } = c;
+            let exchange = async {
+                sender.ready().await?;
+                let resp = sender.send_request(req).await?;
+                let status = resp.status().as_u16();
+                let closing = resp.headers().get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                resp.into_body().collect().await?;
+                anyhow::Ok((status, closing))
+            };
+            // The connection is driven here, in the same task, rather than by a task of its own: that
+            // saved two cross-task wake-ups per request.
+            let mut exchange = std::pin::pin!(exchange);
+            tokio::select! {
+                biased;
+                r = &mut exchange => r?,
+                r = driver => {
+                    // The connection ended (the server closed it): whatever it delivered is in the
+                    // exchange's channels, so finish reading; a request it never sent fails here.
+                    r?;
+                    let (status, _) = exchange.await?;
+                    (status, true)
+                }
+            }
+        };
+        if closing {
+            *conn = None;
+        }
+        Ok(status)
+    }
+}
+
+/// One open HTTP/1.1 connection: the request half and the future that drives the socket.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    driver: std::pin::Pin<Box<hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<tokio::net::TcpStream>, http_body_util::Full<bytes::Bytes>>>>,
 }
 
 /// Write `count` events as NDJSON.
@@ -322,6 +452,68 @@ mod tests {
     use crate::decode::{decode_body, Context, Decoded, DecodeOptions, Format};
     use crate::directory::Directory;
     use crate::event::Origin;
+
+    #[test]
+    fn targets_are_plain_http_on_loopback_with_the_host_header_of_the_url() {
+        let t = Target::parse("http://127.0.0.1:8787/v1/events?x=1").unwrap();
+        assert_eq!((t.addr.to_string().as_str(), t.host.to_str().unwrap(), t.path.to_string().as_str()), ("127.0.0.1:8787", "127.0.0.1:8787", "/v1/events?x=1"));
+        let t = Target::parse("http://[::1]/hook").unwrap();
+        assert_eq!((t.addr.port(), t.host.to_str().unwrap(), t.path.to_string().as_str()), (80, "[::1]", "/hook"));
+        assert!(Target::parse("http://localhost:9/").unwrap().addr.ip().is_loopback());
+        let e = Target::parse("https://127.0.0.1:8787/v1/events").err().unwrap().to_string();
+        assert!(e.contains("plain HTTP"), "{e}");
+    }
+
+    /// Nobody listening: every request is an error with status 0 (no answer), none is accepted, and
+    /// the run ends instead of hanging.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_target_that_does_not_answer_gives_errors_not_a_hang() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(); // closed again
+        let o = DriveOptions { target: format!("http://127.0.0.1:{port}/v1/events"), batch: 3, connections: 2, count: 30, max_duration: Duration::from_secs(60), rate: 0, secret: None };
+        let rep = drive(GenOptions::default(), o).await.unwrap();
+        assert_eq!((rep.requests, rep.errors, rep.events_sent, rep.events_accepted), (10, 10, 30, 0), "{rep:?}");
+        assert_eq!(rep.status_counts.get(&0), Some(&10));
+        assert_eq!(rep.events_per_sec, 0.0);
+    }
+
+    /// A server that answers `Connection: close` (one request per connection): the tool opens a new
+    /// connection for the next request instead of failing it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_that_closes_after_each_answer_gets_a_new_connection_each_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // Headers, then as many body bytes as Content-Length says.
+                    loop {
+                        let n = sock.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "request cut short");
+                        req.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&req).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap())).unwrap();
+                            if req.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    sock.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}").await.unwrap();
+                    sock.shutdown().await.unwrap();
+                });
+            }
+        });
+        let o = DriveOptions { target: format!("http://127.0.0.1:{port}/v1/events"), batch: 2, connections: 1, count: 20, max_duration: Duration::from_secs(60), rate: 0, secret: None };
+        let rep = drive(GenOptions::default(), o).await.unwrap();
+        assert_eq!((rep.requests, rep.errors, rep.events_accepted), (10, 0, 20), "{rep:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 10, "one connection per request");
+    }
 
     /// Everything the generated events name is in the generated directory: the exchanger, the
     /// subject, every audience, the subject token's client; V2 exchangers grant their audiences.
