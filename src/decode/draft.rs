@@ -245,7 +245,7 @@ pub fn cap(v: &mut (impl Truncate + ?Sized), max: usize, name: impl std::fmt::Di
 /// must be told when the bytes say something else. The value itself is kept unchanged.
 fn flag_suspicious_chars(name: &str, v: &str, warnings: &mut Vec<Warning>) {
     // Printable ASCII (the usual case) can hold neither: one vectorised pass instead of two char walks.
-    if v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+    if printable_ascii(v.as_bytes()) {
         return;
     }
     let bidi = v.chars().any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'));
@@ -261,6 +261,20 @@ fn flag_suspicious_chars(name: &str, v: &str, warnings: &mut Vec<Warning>) {
             format!("{name} contains {what} (kept as received): {}", super::json::preview(v, 80)),
         ));
     }
+}
+
+/// True when every byte is printable ASCII (0x20-0x7e). Sixteen bytes at a time with no early exit
+/// inside a block, which the compiler turns into vector compares; `all()` stopped at each byte and
+/// was a byte-at-a-time loop (issue #9).
+fn printable_ascii(b: &[u8]) -> bool {
+    let printable = |x: u8| x.wrapping_sub(0x20) < 0x5f;
+    let mut blocks = b.chunks_exact(16);
+    for block in &mut blocks {
+        if !block.iter().fold(true, |ok, &x| ok & printable(x)) {
+            return false;
+        }
+    }
+    blocks.remainder().iter().all(|&x| printable(x))
 }
 
 /// Declares [`Known`] with one field per detail key (the field name is the key).
@@ -404,6 +418,20 @@ fn derive_id(e: &AuditEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_ascii_is_exactly_0x20_to_0x7e() {
+        for b in 0..=255u8 {
+            for len in [1usize, 15, 16, 17, 40] {
+                for at in [0, len / 2, len - 1] {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert_eq!(super::printable_ascii(&v), (0x20..0x7f).contains(&b), "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(super::printable_ascii(b""));
+    }
 
     fn d(pairs: &[(&str, &str)]) -> Details {
         pairs.iter().copied().collect()
