@@ -2,8 +2,8 @@
 # End-to-end benchmarks on this machine: prints one table (events/s, CPU seconds per million events,
 # latency percentiles, peak RSS) for every way events come in and go out. Everything runs on loopback
 # with the real services (a private ClickHouse server and tansu Kafka broker, started by
-# examples/bench_services.rs with the tests' own code; scripts/test.sh installs them); nothing is left
-# running. Every run checks that every event arrived (counts), so a fast wrong run cannot pass.
+# examples/bench_services.rs with the tests' own code; installed here when missing, as scripts/test.sh
+# does: Debian's clickhouse-server, and tansu built once from crates.io); nothing is left running. Every run checks that every event arrived (counts), so a fast wrong run cannot pass.
 #   N=200000 SINGLE=20000 scripts/bench.sh
 # Micro-benchmarks of each step: cargo bench --bench steps (and enrich, detect, clickhouse, kafka).
 set -euo pipefail
@@ -12,10 +12,15 @@ N=${N:-200000}
 SINGLE=${SINGLE:-20000}
 RATE_SET=${RATE:-}
 RATE=${RATE:-0}
-export KCAUDIT_TANSU="${KCAUDIT_TANSU:-$HOME/.cache/kcaudit/tansu/bin/tansu}"
-export KCAUDIT_CLICKHOUSE_SERVER="${KCAUDIT_CLICKHOUSE_SERVER:-$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)}"
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+if [ -z "${KCAUDIT_CLICKHOUSE_SERVER:-}" ]; then
+  if clickhouse_missing; then apt_install clickhouse-server clickhouse-client; fi
+  clickhouse_server_path
+fi
+ensure_tansu
 for need in "$KCAUDIT_TANSU" "$KCAUDIT_CLICKHOUSE_SERVER"; do
-  [ -x "$need" ] || { echo "scripts/bench.sh: $need is missing; run scripts/test.sh once (it installs the services)" >&2; exit 1; }
+  [ -x "$need" ] || { echo "scripts/bench.sh: $need is missing or not executable" >&2; exit 1; }
 done
 
 echo "==> building (release)" >&2

@@ -23,22 +23,17 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
-}
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
 
 apt_packages=()
-command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || apt_packages+=(clickhouse-server clickhouse-client)
+if clickhouse_missing; then apt_packages+=(clickhouse-server clickhouse-client); fi
 rsyslog_modules=$(dirname "$(find /usr/lib -name imtcp.so -path '*rsyslog*' 2>/dev/null | head -n1)" 2>/dev/null || true)
 [ -x /usr/sbin/rsyslogd ] || apt_packages+=(rsyslog)
 [ -n "$rsyslog_modules" ] && [ -f "$rsyslog_modules/imrelp.so" ] || apt_packages+=(rsyslog-relp)
 [ -n "$rsyslog_modules" ] && [ -f "$rsyslog_modules/lmnsd_gtls.so" ] || apt_packages+=(rsyslog-gnutls)
 command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
-if [ ${#apt_packages[@]} -gt 0 ]; then
-    echo "==> installing ${apt_packages[*]} (Debian packages)"
-    as_root apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${apt_packages[@]}"
-fi
+apt_install "${apt_packages[@]}"
 
 venv="${KCAUDIT_CHDB_VENV:-$HOME/.cache/kcaudit/venv-chdb}"
 if ! "$venv/bin/python" -c "import chdb" >/dev/null 2>&1; then
@@ -48,12 +43,7 @@ if ! "$venv/bin/python" -c "import chdb" >/dev/null 2>&1; then
     "$venv/bin/pip" install -q chdb-core
 fi
 
-tansu="${KCAUDIT_TANSU:-$HOME/.cache/kcaudit/tansu/bin/tansu}"
-if [ ! -x "$tansu" ]; then
-    echo "==> building the tansu Kafka-protocol broker (once per machine; cached in ~/.cache/kcaudit/tansu)"
-    cargo install tansu --version 0.6.0 --features dynostore --root "$HOME/.cache/kcaudit/tansu" --locked
-    tansu="$HOME/.cache/kcaudit/tansu/bin/tansu"
-fi
+ensure_tansu
 
 # Validators for the deploy kit (tests/deploy.rs), cached in ~/.cache/kcaudit/venv-deploy (PyPI only;
 # their schemas are bundled). Exports KCAUDIT_SHELLCHECK, KCAUDIT_KUBE_VALIDATE, KCAUDIT_COMPOSE_VALIDATE,
@@ -62,9 +52,7 @@ fi
 source scripts/deploy-tools.sh
 
 export KCAUDIT_REQUIRE_SERVICES=1
-export KCAUDIT_TANSU="$tansu"
-KCAUDIT_CLICKHOUSE_SERVER="$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)"
-export KCAUDIT_CLICKHOUSE_SERVER
+clickhouse_server_path
 export KCAUDIT_CHDB_PYTHON="$venv/bin/python"
 export KCAUDIT_RSYSLOGD=/usr/sbin/rsyslogd
 echo "==> services: $(dpkg-query -W clickhouse-server rsyslog rsyslog-relp rsyslog-gnutls 2>/dev/null | tr '\t\n' ' ')chdb $("$KCAUDIT_CHDB_PYTHON" -c 'import chdb; print(chdb.__version__)')"
