@@ -248,7 +248,7 @@ pub fn check_loopback(url: &str) -> anyhow::Result<()> {
 /// as the server did (issue #9), so it measured itself as much as the server.
 pub async fn drive(gen: GenOptions, o: DriveOptions) -> anyhow::Result<DriveReport> {
     check_loopback(&o.target)?;
-    let target = Target::parse(&o.target)?;
+    let target = Target::parse(&o.target).await?;
     let generator = Arc::new(Mutex::new(Generator::new(gen)));
     let claimed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -367,10 +367,11 @@ struct Target {
 }
 
 impl Target {
-    fn parse(url: &str) -> anyhow::Result<Target> {
+    async fn parse(url: &str) -> anyhow::Result<Target> {
         let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("bad --target {url}: {e}"))?;
         anyhow::ensure!(parsed.scheme() == "http", "loadgen speaks plain HTTP to loopback; {url} is not an http:// URL");
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(parsed.host_str().unwrap_or("").trim_matches(|c| c == '[' || c == ']'), parsed.port_or_known_default().unwrap_or(80)))
+        let addr = tokio::net::lookup_host((parsed.host_str().unwrap_or("").trim_matches(|c| c == '[' || c == ']'), parsed.port_or_known_default().unwrap_or(80)))
+            .await
             .map_err(|e| anyhow::anyhow!("resolving --target {url}: {e}"))?
             .find(|a| a.ip().is_loopback())
             .ok_or_else(|| anyhow::anyhow!("--target {url} resolves to no loopback address"))?;
@@ -504,14 +505,14 @@ mod tests {
     use crate::directory::Directory;
     use crate::event::Origin;
 
-    #[test]
-    fn targets_are_plain_http_on_loopback_with_the_host_header_of_the_url() {
-        let t = Target::parse("http://127.0.0.1:8787/v1/events?x=1").unwrap();
+    #[tokio::test]
+    async fn targets_are_plain_http_on_loopback_with_the_host_header_of_the_url() {
+        let t = Target::parse("http://127.0.0.1:8787/v1/events?x=1").await.unwrap();
         assert_eq!((t.addr.to_string().as_str(), t.host.to_str().unwrap(), t.path.to_string().as_str()), ("127.0.0.1:8787", "127.0.0.1:8787", "/v1/events?x=1"));
-        let t = Target::parse("http://[::1]/hook").unwrap();
+        let t = Target::parse("http://[::1]/hook").await.unwrap();
         assert_eq!((t.addr.port(), t.host.to_str().unwrap(), t.path.to_string().as_str()), (80, "[::1]", "/hook"));
-        assert!(Target::parse("http://localhost:9/").unwrap().addr.ip().is_loopback());
-        let e = Target::parse("https://127.0.0.1:8787/v1/events").err().unwrap().to_string();
+        assert!(Target::parse("http://localhost:9/").await.unwrap().addr.ip().is_loopback());
+        let e = Target::parse("https://127.0.0.1:8787/v1/events").await.err().unwrap().to_string();
         assert!(e.contains("plain HTTP"), "{e}");
     }
 

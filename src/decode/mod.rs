@@ -264,7 +264,7 @@ pub fn decode_body(bytes: &[u8], format: Format, base: &Origin, ctx: &Context<'_
     }
 }
 
-/// `text.split('\n')`, with the memchr crate's SIMD search: std's byte-at-a-word search was 2-3 % of
+/// `text.split('\n')`, with the memchr crate's SIMD search: std's word-at-a-time search was 2-3 % of
 /// an NDJSON body's decoding (issue #9). A `\n` byte is always a character boundary in UTF-8.
 pub fn split_lines(text: &str) -> impl Iterator<Item = &str> {
     let mut start = 0;
