@@ -3,7 +3,8 @@
 # latency percentiles, peak RSS) for every way events come in and go out. Everything runs on loopback
 # with the real services (a private ClickHouse server and tansu Kafka broker, started by
 # examples/bench_services.rs with the tests' own code; installed here when missing, as scripts/test.sh
-# does: Debian's clickhouse-server, and tansu built once from crates.io); nothing is left running. Every run checks that every event arrived (counts), so a fast wrong run cannot pass.
+# does: Debian's clickhouse-server, and tansu built once from crates.io); nothing is left running.
+# Every run checks that every event arrived (counts), so a fast wrong run cannot pass.
 #   N=200000 SINGLE=20000 scripts/bench.sh
 # Micro-benchmarks of each step: cargo bench --bench steps (and enrich, detect, clickhouse, kafka).
 set -euo pipefail

@@ -420,8 +420,8 @@ impl Target {
                 resp.into_body().collect().await?;
                 anyhow::Ok((status, closing))
             };
-            // The connection is driven here, in the same task, rather than by a task of its own: that
-            // saved two cross-task wake-ups per request.
+            // The connection is driven here, in the same task, rather than by a task of its own, which
+            // would take two cross-task wake-ups per request (no measurable CPU difference here).
             let mut exchange = std::pin::pin!(exchange);
             tokio::select! {
                 biased;
