@@ -216,6 +216,7 @@ impl Config {
         for arg in sets {
             apply_set(&mut table, arg)?;
         }
+        complete_sink_batches(&mut table);
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let message = e.into_inner().to_string();
@@ -444,6 +445,35 @@ pub fn read_secret(file: Option<&Path>, inline: Option<&str>, env: Option<&str>)
     }
 }
 
+/// Fill the keys missing from each `[sinks.<name>.batch]` table with *that sink's* defaults. Serde
+/// alone fills them from `BatchOptions::default()` (the local sinks' values: no wait, 4,096 queued),
+/// so `[sinks.clickhouse.batch] max_events = 5000` silently turned ClickHouse's 1-second wait into
+/// none (an insert per handful of events) and halved its queue.
+fn complete_sink_batches(table: &mut toml::Table) {
+    let Some(sinks) = table.get_mut("sinks").and_then(toml::Value::as_table_mut) else { return };
+    let Ok(serde_json::Value::Object(defaults)) = serde_json::to_value(SinksOptions::default()) else { return };
+    let http = serde_json::to_value(crate::sinks::http::HttpSinkOptions::default()).unwrap_or_default();
+    let fill = |batch: Option<&mut toml::Value>, default: Option<&serde_json::Value>| {
+        let (Some(batch), Some(serde_json::Value::Object(default))) = (batch.and_then(toml::Value::as_table_mut), default) else { return };
+        for (k, v) in default {
+            if let (false, Ok(v)) = (batch.contains_key(k), toml::Value::try_from(v)) {
+                batch.insert(k.clone(), v);
+            }
+        }
+    };
+    for (name, sink) in sinks.iter_mut() {
+        match sink {
+            // `[[sinks.http]]`: each destination completes from the generic HTTP sink's defaults.
+            toml::Value::Array(list) => {
+                for dest in list.iter_mut() {
+                    fill(dest.get_mut("batch"), http.get("batch"));
+                }
+            }
+            sink => fill(sink.get_mut("batch"), defaults.get(name).and_then(|d| d.get("batch"))),
+        }
+    }
+}
+
 /// Apply one `KEY=VALUE` override to the raw table.
 fn apply_set(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
     let err = |message: &str| ConfigError::Set { arg: arg.to_string(), message: message.to_string() };
@@ -473,6 +503,26 @@ fn apply_set(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partial_batch_table_keeps_the_sinks_own_defaults() {
+        let sets = ["sinks.clickhouse.batch.max_events=5000", "sinks.splunk_hec.batch.max_wait_ms=50", "sinks.audit_log.batch.queue_capacity=99"].map(String::from);
+        let c = Config::load(None, &sets).unwrap();
+        let d = Config::default();
+        assert_eq!(c.sinks.clickhouse.batch, BatchOptions { max_events: 5000, ..d.sinks.clickhouse.batch.clone() });
+        assert_eq!(c.sinks.clickhouse.batch.max_wait_ms, 1000, "ClickHouse's own wait, not the local sinks' 0");
+        assert_eq!(c.sinks.splunk_hec.batch, BatchOptions { max_wait_ms: 50, ..d.sinks.splunk_hec.batch.clone() });
+        assert_eq!(c.sinks.audit_log.batch, BatchOptions { queue_capacity: 99, ..d.sinks.audit_log.batch.clone() });
+        // Each [[sinks.http]] destination completes from the HTTP sink's defaults.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[[sinks.http]]\nname = \"a\"\nurl = \"https://siem.example/in\"\n[sinks.http.batch]\nmax_events = 7\n").unwrap();
+        let c = Config::load(Some(&f), &[]).unwrap();
+        let http = crate::sinks::http::HttpSinkOptions::default().batch;
+        assert_eq!(c.sinks.http[0].batch, BatchOptions { max_events: 7, ..http });
+        // Unknown keys are still refused.
+        assert!(Config::load(None, &["sinks.clickhouse.batch.max_event=1".to_string()]).is_err());
+    }
 
     #[test]
     fn defaults_run_with_no_file() {

@@ -99,9 +99,13 @@ struct Running {
 }
 
 fn run(opts: &KafkaSourceOptions, sink: Box<dyn Sink>, dir: &std::path::Path) -> Running {
+    run_with(opts, sink, BatchOptions { max_events: 1000, max_wait_ms: 200, queue_capacity: 2000 }, dir)
+}
+
+fn run_with(opts: &KafkaSourceOptions, sink: Box<dyn Sink>, batch: BatchOptions, dir: &std::path::Path) -> Running {
     let metrics = Metrics::new();
     let pipeline = Pipeline::start(
-        vec![SinkSpec { sink, batch: BatchOptions { max_events: 1000, max_wait_ms: 200, queue_capacity: 2000 }, retry: RetryOptions { max_attempts: 1_000_000, initial_backoff_ms: 20, max_backoff_ms: 100 } }],
+        vec![SinkSpec { sink, batch, retry: RetryOptions { max_attempts: 1_000_000, initial_backoff_ms: 20, max_backoff_ms: 100 } }],
         DeadLetterStore::open(&dir.join("dlq.jsonl")).unwrap(),
         metrics.clone(),
         &DedupOptions::default(),
@@ -145,6 +149,36 @@ async fn the_fixture_stream_in_keycloak_kafka_format_arrives_exactly_and_offsets
     assert_eq!(ids, fixture_ids);
     assert_eq!(committed(&brokers, "kcaudit-test", "keycloak-admin-events", 1), vec![admin.len() as i64]);
     assert!(m.contains(r#"kcaudit_records_received_total{source="kafka"} 67"#), "{m}");
+}
+
+/// ClickHouse's sink batches 10,000 events for up to a second; the source stops reading at
+/// `max_in_flight_records` (5,000) until events are acknowledged. Each batch used to wait out its
+/// full timer (5,000 events/s at best). Here the timer is a minute and the cap 20 records: five
+/// rounds of waiting would take five minutes, so arriving within 30 s means no round waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_batch_larger_than_the_in_flight_cap_does_not_wait_for_its_timer() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("keycloak-events", 1, 1).unwrap();
+    let user: Vec<String> = lines("keycloak/keycloak-kafka-events.jsonl").into_iter().take(60).collect();
+    assert_eq!(user.len(), 60);
+    produce(&brokers, "keycloak-events", &user, 1).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Probe::default();
+    let opts = KafkaSourceOptions { max_in_flight_records: 20, max_batch_records: 10, ..source_options(&brokers, &["keycloak-events"]) };
+    let r = run_with(&opts, Box::new(probe.clone()), BatchOptions { max_events: 10_000, max_wait_ms: 60_000, queue_capacity: 20_000 }, dir.path());
+    let want = user.len();
+    // All but the last window: once the topic is read to its end, the source is waiting for new
+    // records, not for acknowledgements, and the last partial batch waits for its timer as configured.
+    assert!(wait_until(30, || probe.got.lock().unwrap().len() >= want - 20).await, "only {} of {want} events within 30 s", probe.got.lock().unwrap().len());
+    // Stopping waits for the records in flight: that wait, too, has the sink write at once.
+    let t = std::time::Instant::now();
+    r.stop.send(()).unwrap();
+    r.task.await.unwrap().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(30), "stopping took {:?}", t.elapsed());
+    assert_eq!(probe.got.lock().unwrap().len(), want, "delivered before the source let go");
+    r.pipeline.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,3 +202,49 @@ async fn shutdown_drains_queued_batches() {
     }
     assert_eq!(written.load(Ordering::SeqCst), 5, "every queued event reached the sink before shutdown returned");
 }
+
+/// A source that reads nothing more until its events are acknowledged (Kafka at its in-flight cap,
+/// replay, the spool) holds `waiting_for_acks`; sinks then write a partial batch at once instead of
+/// waiting out `max_wait_ms` for events that cannot come. Time is paused (virtual), so the waits
+/// are exact.
+#[tokio::test(start_paused = true)]
+async fn sinks_write_partial_batches_at_once_while_a_source_waits_for_acknowledgements() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = TestSink { flaky: Arc::new(AtomicU32::new(0)), written: written.clone() };
+    let pipeline = Pipeline::start(
+        vec![SinkSpec { sink: Box::new(sink), batch: BatchOptions { max_events: 10_000, max_wait_ms: 60_000, queue_capacity: 100 }, retry: RetryOptions::default() }],
+        DeadLetterStore::open(&dir.path().join("dlq.jsonl")).unwrap(),
+        Metrics::new(),
+        &DedupOptions::default(),
+        &PipelineOptions::default(),
+    );
+    let h = pipeline.handle();
+    let event = |id: &str| decode(format!(r#"{{"id":"{id}","time":1773043084120,"type":"LOGIN","realmId":"r","clientId":"ok"}}"#).as_bytes(), Format::Auto);
+    let timed = |id: &'static str| {
+        let (h, items) = (h.clone(), event(id));
+        async move {
+            let t = tokio::time::Instant::now();
+            let report = h.try_submit(items, "test").await.unwrap();
+            assert_eq!(report.counts().accepted, 1);
+            t.elapsed()
+        }
+    };
+    // Nobody waits: the partial batch waits for its timer, as configured.
+    assert!(timed("a").await >= std::time::Duration::from_secs(60));
+    // A source waits for acknowledgements: written at once.
+    let waiting = h.waiting_for_acks();
+    assert!(timed("b").await < std::time::Duration::from_secs(1));
+    // A batch already waiting is written as soon as a source starts to wait.
+    let late = tokio::spawn(timed("c"));
+    drop(waiting);
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(!late.is_finished(), "written before its timer with no source waiting");
+    let waiting = h.waiting_for_acks();
+    let took = late.await.unwrap();
+    assert!(took >= std::time::Duration::from_secs(5) && took < std::time::Duration::from_secs(6), "{took:?}");
+    drop(waiting);
+    assert_eq!(*written.lock().unwrap(), vec!["a", "b", "c"]);
+    drop(h);
+    pipeline.shutdown().await;
+}

@@ -31,7 +31,7 @@ use std::time::Duration;
 use rand::Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::dead_letter::{DeadLetter, DeadLetterStore, Stage};
 use crate::event::AuditEvent;
@@ -204,11 +204,12 @@ pub fn spawn_sink(
     sink: Box<dyn Sink>,
     batch: BatchOptions,
     retry: RetryOptions,
+    upstream_waiting: watch::Receiver<usize>,
     dlq: DeadLetterStore,
     metrics: Metrics,
 ) -> (mpsc::Sender<SinkItem>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(batch.queue_capacity.max(1));
-    let handle = tokio::spawn(run_sink(sink, rx, batch, retry, dlq, metrics));
+    let handle = tokio::spawn(run_sink(sink, rx, batch, retry, upstream_waiting, dlq, metrics));
     (tx, handle)
 }
 
@@ -217,6 +218,7 @@ async fn run_sink(
     mut rx: mpsc::Receiver<SinkItem>,
     batch: BatchOptions,
     retry: RetryOptions,
+    mut upstream_waiting: watch::Receiver<usize>,
     dlq: DeadLetterStore,
     metrics: Metrics,
 ) {
@@ -246,9 +248,16 @@ async fn run_sink(
                 // rounds the deadline up to its next millisecond tick, which put up to 1 ms on every
                 // single-event request.)
                 Err(mpsc::error::TryRecvError::Empty) if batch.max_wait_ms == 0 => break,
-                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(it)) => take(&*sink, it, &mut items),
-                    _ => break,
+                // A source that reads nothing more until these events are acknowledged: waiting
+                // for more cannot fill the batch (see `PipelineHandle::waiting_for_acks`).
+                Err(mpsc::error::TryRecvError::Empty) if *upstream_waiting.borrow() > 0 => break,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    r = tokio::time::timeout_at(deadline, rx.recv()) => match r {
+                        Ok(Some(it)) => take(&*sink, it, &mut items),
+                        _ => break,
+                    },
+                    // Also when the pipeline is gone (an error): then nothing more comes either.
+                    _ = upstream_waiting.wait_for(|n| *n > 0) => break,
                 },
             }
         }

@@ -146,10 +146,12 @@ pub async fn run(config: &Config, req: &ReplayRequest) -> anyhow::Result<ReplayR
                 pending.push_back(handle.submit(batch?, "replay", false).await?);
                 if pending.len() >= IN_FLIGHT {
                     if let Some(rx) = pending.pop_front() {
+                        let _waiting = handle.waiting_for_acks();
                         absorb(rx.await.map_err(|_| PipelineError::ShuttingDown)?, &mut rep)?;
                     }
                 }
             }
+            let _waiting = handle.waiting_for_acks(); // the input is read to its end
             while let Some(rx) = pending.pop_front() {
                 absorb(rx.await.map_err(|_| PipelineError::ShuttingDown)?, &mut rep)?;
             }

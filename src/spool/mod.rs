@@ -404,8 +404,13 @@ impl Drainer {
                 }
             }
             if let Some((end, size, payload, rx)) = in_flight.pop_front() {
-                // The oldest in-flight request decides how far the cursor may move.
-                match rx.await.ok().and_then(Result::ok) {
+                // The oldest in-flight request decides how far the cursor may move. Until it is
+                // finished nothing more is submitted, so sinks need not wait to fill their batches.
+                let report = {
+                    let _waiting = self.pipeline.waiting_for_acks();
+                    rx.await
+                };
+                match report.ok().and_then(Result::ok) {
                     Some(report) if report.items.iter().all(|i| i.status != ItemStatus::Accepted || i.failed.is_empty()) => {
                         self.cursor = end;
                         self.pending.fetch_sub(size, Ordering::AcqRel);

@@ -5,9 +5,11 @@
 //! - Records are read with `enable.auto.commit=false` and `enable.auto.offset.store=false`: kcaudit,
 //!   not librdkafka, decides what is committed, with an explicit offset list (the offset of the next
 //!   record to read), never a "store this message" call with its +1 convention.
-//! - Prefetch is bounded twice: librdkafka's own queue (`queued.max.messages.kbytes`, 16 MiB here
-//!   where librdkafka defaults to 64 MiB) and `max_in_flight_records` handed to the pipeline and not
-//!   yet finished; a large lag never becomes a large heap. With the smaller queue, librdkafka must
+//! - Prefetch is bounded twice: librdkafka's own queue (`queued.max.messages.kbytes`, 4 MiB here
+//!   where librdkafka defaults to 64 MiB; 16 MiB measured 14 MiB more peak RSS for the same rate in
+//!   issue #9) and `max_in_flight_records` handed to the pipeline and not yet finished; a large lag
+//!   never becomes a large heap. While the source waits at that cap, sinks write partial batches at
+//!   once ([`PipelineHandle::waiting_for_acks`]). With the smaller queue, librdkafka must
 //!   look again soon after the queue drains (`fetch.queue.backoff.ms` 10 here, 1000 by default),
 //!   or a full queue would stall fetching for a second at a time (issue #9 measured half the rate).
 //! - On partition revocation (a rebalance) and on shutdown, the consumer waits up to
@@ -36,7 +38,7 @@ use crate::config::Problem;
 use crate::decode::{decode_body, Context, DecodeOptions, Format, Item};
 use crate::event::{AuditEvent, KafkaRecord, Origin};
 use crate::metrics::Metrics;
-use crate::pipeline::{ItemStatus, PipelineHandle};
+use crate::pipeline::{AckWaiter, ItemStatus, PipelineHandle};
 use crate::sinks::http_client::SecretOptions;
 
 /// `[kafka]`: consume Keycloak events from Kafka.
@@ -150,7 +152,7 @@ impl KafkaSourceOptions {
     /// The librdkafka configuration.
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
         let mut c = ClientConfig::new();
-        c.set("queued.max.messages.kbytes", "16384");
+        c.set("queued.max.messages.kbytes", "4096");
         c.set("fetch.queue.backoff.ms", "10");
         c.set("auto.offset.reset", "earliest");
         for (k, v) in &self.options {
@@ -179,6 +181,8 @@ pub trait PartitionHooks: Send + Sync {
 /// Shared between the consume loop, completion tasks and the rebalance callback.
 struct Shared {
     hooks: std::sync::OnceLock<Arc<dyn PartitionHooks>>,
+    /// Set when the source runs: the revoke wait tells the sinks not to wait to fill their batches.
+    ack_waiter: std::sync::OnceLock<AckWaiter>,
     tracker: Mutex<OffsetTracker>,
     /// Signalled whenever a record finishes (the revoke wait and the in-flight limit wait on it).
     finished: tokio::sync::Notify,
@@ -201,6 +205,7 @@ impl RebalanceContext {
     /// Wait (bounded) until `parts` have nothing in flight, then commit their points synchronously.
     fn drain_and_commit(&self, consumer: &BaseConsumer<Self>, parts: &[Tp]) {
         let deadline = Instant::now() + self.shared.revoke_timeout;
+        let _waiting = self.shared.ack_waiter.get().map(AckWaiter::wait);
         loop {
             let busy: usize = {
                 let t = self.shared.tracker.lock().expect("tracker lock");
@@ -333,7 +338,7 @@ impl KafkaSource {
     pub fn new(opts: &KafkaSourceOptions, decode: &DecodeOptions, metrics: Metrics) -> anyhow::Result<KafkaSource> {
         let problems: Vec<String> = opts.problems().iter().filter(|p| p.is_error).map(|p| p.to_string()).collect();
         anyhow::ensure!(problems.is_empty(), "invalid [kafka]: {}", problems.join("; "));
-        let shared = Arc::new(Shared { hooks: Default::default(), tracker: Mutex::default(), finished: tokio::sync::Notify::new(), revoke_timeout: Duration::from_millis(opts.revoke_timeout_ms), metrics });
+        let shared = Arc::new(Shared { hooks: Default::default(), ack_waiter: Default::default(), tracker: Mutex::default(), finished: tokio::sync::Notify::new(), revoke_timeout: Duration::from_millis(opts.revoke_timeout_ms), metrics });
         let consumer: StreamConsumer<RebalanceContext> = opts.client_config()?.create_with_context(RebalanceContext { shared: shared.clone() })?;
         let topics: Vec<&str> = match &opts.topic_pattern {
             Some(p) => vec![p.as_str()],
@@ -367,6 +372,7 @@ impl KafkaSource {
     /// Consume until `stop` resolves; then drain in-flight records (bounded), commit, and leave the group.
     pub async fn run(self, pipeline: PipelineHandle, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(stop);
+        let _ = self.shared.ack_waiter.set(pipeline.ack_waiter());
         let committer = {
             let (consumer, shared, every) = (self.consumer.clone(), self.shared.clone(), Duration::from_millis(self.opts.commit_interval_ms.max(10)));
             tokio::spawn(async move {
@@ -383,13 +389,17 @@ impl KafkaSource {
         let mut tasks = tokio::task::JoinSet::new();
         let mut inputs = Vec::new();
         loop {
-            // Bounded prefetch: wait while too many records are in flight.
+            // Bounded prefetch: wait while too many records are in flight (telling the sinks not to
+            // wait for more to fill their batches).
+            let mut waiting = None;
             while self.shared.tracker.lock().expect("tracker lock").total_in_flight() >= self.opts.max_in_flight_records {
+                waiting.get_or_insert_with(|| pipeline.waiting_for_acks());
                 tokio::select! {
                     _ = self.shared.finished.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
+            drop(waiting);
             let mut items: Vec<Item> = Vec::new();
             let mut slots: Vec<RecordSlot> = Vec::new();
             let deadline = tokio::time::Instant::now() + Duration::from_millis(self.opts.max_batch_wait_ms);
@@ -433,6 +443,7 @@ impl KafkaSource {
         }
         // Shutdown: let in-flight records finish (bounded), commit, leave the group.
         let deadline = tokio::time::Instant::now() + self.shared.revoke_timeout;
+        let _waiting = pipeline.waiting_for_acks();
         while !tasks.is_empty() {
             if tokio::time::timeout_at(deadline, tasks.join_next()).await.is_err() {
                 tracing::warn!(batches = tasks.len(), "Shutting down with Kafka records still in flight; they will be consumed again.");
