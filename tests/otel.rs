@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use common::fake_keycloak::{self, FakeKeycloak};
+use common::services::free_port;
 use common::*;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
@@ -108,9 +109,6 @@ async fn http_receiver(r: Received) -> String {
     format!("http://{addr}")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn attr(s: &Span, key: &str) -> Option<String> {
     s.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref()).map(|v| match v {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::services::free_port;
 use common::*;
 
 const REALM_A: &str = "4f660473-c22b-4858-a484-cd314a37e778";
@@ -26,9 +27,6 @@ fn event(n: usize, realm: &str) -> (String, String) {
     (id, v.to_string())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Event ids in a JSON-lines audit log, with how often each appears.
 fn audit_ids(path: &Path) -> HashMap<String, usize> {

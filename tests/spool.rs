@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use common::services::free_port;
 use common::*;
 
 /// An HTTP destination that answers 503 while down and records the event ids it takes while up.
@@ -55,9 +56,6 @@ fn sets(data: &Path, port: u16, url: &str) -> Vec<String> {
     ]
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A native Keycloak event with id `n`.
 fn event(base: &[serde_json::Value], n: usize) -> (String, String) {

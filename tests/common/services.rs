@@ -27,8 +27,25 @@ fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]).map(|d| d.join(bin)).find(|f| f.is_file()))
 }
 
+/// A loopback port for a child process (kcaudit, ClickHouse, rsyslog, tansu) to listen on. Taken
+/// below Linux's ephemeral range (32768-60999), from a sequence of this process: a port found by
+/// binding port 0 is released before the child binds it, and meanwhile the kernel may give the same
+/// port to another test's bind to port 0 (CI saw a spool test's kcaudit fail with "Address already
+/// in use" while the other test's destination, on that port, received its events).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Processes started together (test binaries) begin at different places in the span.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(7_919);
+    for _ in 0..SPAN {
+        let port = (FIRST + offset.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
 }
 
 /// Password of the extra `kcaudit` user the test server has (the `default` user has none).
