@@ -12,16 +12,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kcaudit::detect::{DetectOptions, Detector};
 
 mod common;
-use common::fixture_events;
+use common::{fixture_events, rss_bytes};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Resident memory of this process, in bytes (Linux).
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
-}
 
 /// Push a million exchanges through a fresh detector, the `i`-th by `pick(i)` = (client, audience,
 /// event time offset in ms), and print the resident growth per key. The events are built and
@@ -77,6 +71,7 @@ fn state_size() {
 fn bench(c: &mut Criterion) {
     // Only when benchmarking (`cargo bench`), not when `cargo test --all-targets` smoke-runs benches.
     if std::env::args().any(|a| a == "--bench") {
+        kcaudit::process_memory::tune();
         // Each measurement is resident growth, so the first one's state stays alive through the
         // second (memory it freed would be reused and read as zero).
         let kept = baseline_size();

@@ -9,7 +9,8 @@
 //!   issue's floor; `canonical_owned` parses kcaudit's own canonical JSON into [`AuditEvent`].
 //!   The pipeline's cost per event is judged against these (target: at most 3×).
 //! - `decode/*`: `decode_body` per wire format (the fixture renderings, and the loadgen NDJSON).
-//! - `dedup/*`: the dedup window's check on fresh ids (the common case).
+//! - `dedup/*`: the dedup window's check on fresh ids (the common case). Before timing it, the bench
+//!   fills the default window (a million UUID ids) and prints its resident size per id.
 //! - `detect/*`: the detector on a warm state, with all rules, with none (state bookkeeping only) and
 //!   with each rule alone.
 //! - `encode/*`: every output encoder: audit-log JSON lines, Splunk HEC envelopes, ECS documents,
@@ -129,7 +130,40 @@ fn decoders(c: &mut Criterion) {
     g.finish();
 }
 
+/// Resident bytes per remembered id of a full default window: a million Keycloak (UUID) ids, the
+/// events built and dropped one at a time, so what stays resident is the window. Measured on a second
+/// window while the first is kept: the first's growth can reuse memory the earlier groups freed (and
+/// would read low).
+fn dedup_size() {
+    let defaults = kcaudit::pipeline::DedupOptions::default();
+    let mut e = loadgen_events(1).remove(0);
+    let mut fill = |round: u128| {
+        let mut d = Dedup::new(defaults.window_secs, defaults.max_entries);
+        for i in 0..defaults.max_entries as u128 {
+            e.id = uuid::Uuid::from_u128((round << 64 | i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)).to_string();
+            d.check(&e);
+        }
+        d
+    };
+    let first = fill(0);
+    let before = common::rss_bytes();
+    let d = fill(1);
+    let resident = common::rss_bytes().saturating_sub(before);
+    println!(
+        "dedup window: {} ids, {:.1} MiB resident = {:.0} bytes per id",
+        d.len(),
+        resident as f64 / 1048576.0,
+        resident as f64 / d.len().max(1) as f64
+    );
+    drop(first);
+}
+
 fn dedup(c: &mut Criterion) {
+    // Only when benchmarking (`cargo bench`), not when `cargo test --all-targets` smoke-runs benches.
+    if std::env::args().any(|a| a == "--bench") {
+        kcaudit::process_memory::tune();
+        dedup_size();
+    }
     let evs = loadgen_events(N);
     let mut g = c.benchmark_group("dedup");
     g.throughput(Throughput::Elements(N as u64));

@@ -29,6 +29,8 @@
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`telemetry`]: OpenTelemetry traces and metrics over OTLP (`[telemetry]`, off by default).
 //! - [`loadgen`]: `kcaudit loadgen`, repeatable token-exchange traffic for benchmarks (loopback only).
+//! - [`process_memory`]: allocator settings made first thing in `main` (glibc's mmap threshold for
+//!   librdkafka, no transparent huge pages).
 //! - [`server`]: assembles a running instance; [`cli`]: the `kcaudit` command line; [`schema`]: JSON Schemas.
 
 pub mod cli;
@@ -44,6 +46,7 @@ pub mod event;
 pub mod json_line;
 pub mod metrics;
 pub mod pipeline;
+pub mod process_memory;
 pub mod realm_audit;
 pub mod reload;
 pub mod schema;

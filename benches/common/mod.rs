@@ -44,3 +44,10 @@ pub fn bench_detector<M: criterion::measurement::Measurement>(b: &mut criterion:
         criterion::BatchSize::LargeInput,
     )
 }
+
+/// Resident memory of this process, in bytes (Linux).
+#[allow(dead_code)] // not every bench measures memory
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}

@@ -7,7 +7,6 @@
 //! regardless of how fast it runs.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use hashbrown::HashTable;
 
@@ -23,56 +22,107 @@ pub enum Verdict {
     Conflict,
 }
 
-/// A remembered id. Keycloak mints lowercase UUIDs (and derived ids are UUIDs too): those are kept as
-/// their 16 bytes, with no allocation, which is most of the window's memory. Anything else is kept as
-/// shared text. Only the canonical lowercase hyphenated form is packed, so two different strings
-/// never map to the same key.
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Uuid([u8; 16]),
-    Text(Arc<str>),
-}
+/// A remembered id in 16 bytes, with no allocation. Keycloak mints lowercase UUIDs (and derived ids
+/// are UUIDs too): those are kept as their own 16 bytes, exactly. Only the canonical lowercase
+/// hyphenated form is packed, so two different strings never map to the same UUID. Any other id is
+/// kept as a 128-bit hash keyed at random per process: two different ids share a key with
+/// probability ~2^-128 per pair, and a sender cannot choose ids that collide, because it does not
+/// know the key. (Kept as text, such ids cost an allocation each, and every slot the size of the
+/// larger variant.)
+type Key = [u64; 2];
 
-impl Key {
-    fn of(id: &str) -> Key {
-        if id.len() == 36 && !id.bytes().any(|b| b.is_ascii_uppercase()) {
-            if let Ok(u) = uuid::Uuid::try_parse(id) {
-                return Key::Uuid(*u.as_bytes());
-            }
-        }
-        Key::Text(Arc::from(id))
+/// The 16 bytes of `id` when it is a UUID in Keycloak's canonical spelling.
+fn packed_uuid(id: &str) -> Option<[u8; 16]> {
+    if id.len() == 36 && !id.bytes().any(|b| b.is_ascii_uppercase()) {
+        return uuid::Uuid::try_parse(id).ok().map(|u| *u.as_bytes());
     }
+    None
 }
 
-/// One remembered id, in arrival order: 40 bytes.
+/// One remembered id, in arrival order: 32 bytes.
+#[derive(Clone, Copy)]
 struct Slot {
     key: Key,
     fingerprint: u64,
     t: i64,
 }
 
-/// The slot numbered `seq` when `slots[0]` is numbered `first` (a free function: the index's
+/// Slots per chunk of the arrival queue: 128 KiB.
+const CHUNK: usize = 4096;
+
+/// The arrival queue, in fixed chunks: it grows and shrinks a chunk at a time, so a full window
+/// holds no doubling slack and growing it never copies it (a `VecDeque` of a million 40-byte slots
+/// kept up to twice that, and held old and new buffers at once while it grew).
+#[derive(Default)]
+struct Slots {
+    chunks: VecDeque<Vec<Slot>>,
+    /// Slots already popped from the front chunk.
+    head: usize,
+    len: usize,
+    /// One emptied chunk kept for the next push, so a steady window does not free and allocate a
+    /// chunk every 4,096 events.
+    spare: Option<Vec<Slot>>,
+}
+
+impl Slots {
+    fn get(&self, i: usize) -> &Slot {
+        let p = self.head + i;
+        &self.chunks[p / CHUNK][p % CHUNK]
+    }
+
+    fn front(&self) -> Option<&Slot> {
+        (self.len > 0).then(|| self.get(0))
+    }
+
+    fn push_back(&mut self, slot: Slot) {
+        if self.chunks.back().is_none_or(|c| c.len() == CHUNK) {
+            let chunk = self.spare.take().unwrap_or_else(|| Vec::with_capacity(CHUNK));
+            self.chunks.push_back(chunk);
+        }
+        self.chunks.back_mut().expect("a chunk with room").push(slot);
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        self.len -= 1;
+        self.head += 1;
+        if self.head == CHUNK || self.len == 0 {
+            let mut done = self.chunks.pop_front().expect("the front chunk");
+            done.clear();
+            self.spare = Some(done);
+            self.head = 0;
+        }
+    }
+}
+
+/// The slot numbered `seq` when the front slot is numbered `first` (a free function: the index's
 /// closures need it while the index itself is borrowed mutably).
-fn slot_at(slots: &VecDeque<Slot>, first: u32, seq: u32) -> &Slot {
-    &slots[seq.wrapping_sub(first) as usize]
+fn slot_at(slots: &Slots, first: u32, seq: u32) -> &Slot {
+    slots.get(seq.wrapping_sub(first) as usize)
 }
 
 /// The window is one queue of slots in arrival order (eviction pops its front) and a hash index of
 /// the queue positions of the ids remembered. Each id is stored once, in its slot; the index holds a
-/// 4-byte position. That is ~50 bytes per remembered id (issue #9: a map of id → data beside a queue
-/// of ids took ~120, so the default million ids were ~120 MiB; now ~50 MiB).
+/// 4-byte position. That is ~37-42 bytes per remembered id (issue #9: a map of id → data beside a
+/// queue of ids took ~120, so the default million ids were ~120 MiB; 40-byte slots in a `VecDeque`
+/// ~50; now ~41 MiB for a million).
 pub struct Dedup {
     window_ms: i64,
     max_entries: usize,
-    slots: VecDeque<Slot>,
-    /// Sequence number of `slots[0]`; a slot's number is `first + its index` (wrapping, so at most
-    /// `u32::MAX` slots: `max_entries` is capped below that).
+    slots: Slots,
+    /// Sequence number of the front slot; a slot's number is `first + its position` (wrapping, so
+    /// at most `u32::MAX` slots: `max_entries` is capped below that).
     first: u32,
     /// Sequence numbers of the slots whose id is remembered (a forgotten id's slot stays queued until
     /// it is evicted, but leaves the index).
     index: HashTable<u32>,
-    /// Keyed (random per process), so ids chosen by a sender cannot collide on purpose.
+    /// Keyed (random per process), so ids chosen by a sender cannot collide on purpose: `hasher`
+    /// places keys in the index, `text_keys` turns ids that are not UUIDs into keys.
     hasher: ahash::RandomState,
+    text_keys: [ahash::RandomState; 2],
     newest_ms: i64,
 }
 
@@ -81,25 +131,33 @@ impl Dedup {
         Dedup {
             window_ms: (window_secs as i64).saturating_mul(1000),
             max_entries: max_entries.clamp(1, u32::MAX as usize / 2),
-            slots: VecDeque::new(),
+            slots: Slots::default(),
             first: 0,
             index: HashTable::new(),
             hasher: ahash::RandomState::new(),
+            text_keys: [ahash::RandomState::new(), ahash::RandomState::new()],
             newest_ms: i64::MIN,
+        }
+    }
+
+    fn key(&self, id: &str) -> Key {
+        match packed_uuid(id) {
+            Some(b) => [u64::from_le_bytes(b[..8].try_into().unwrap()), u64::from_le_bytes(b[8..].try_into().unwrap())],
+            None => [self.text_keys[0].hash_one(id), self.text_keys[1].hash_one(id)],
         }
     }
 
     pub fn check(&mut self, ev: &AuditEvent) -> Verdict {
         let fp = ev.content_fingerprint();
         let t = ev.time.map(|t| t.timestamp_millis()).unwrap_or(self.newest_ms.max(0));
-        let key = Key::of(&ev.id);
+        let key = self.key(&ev.id);
         let hash = self.hasher.hash_one(&key);
         let (slots, first) = (&self.slots, self.first);
         if let Some(&seq) = self.index.find(hash, |&seq| slot_at(slots, first, seq).key == key) {
             return if slot_at(slots, first, seq).fingerprint == fp { Verdict::Duplicate } else { Verdict::Conflict };
         }
         self.newest_ms = self.newest_ms.max(t);
-        let seq = self.first.wrapping_add(self.slots.len() as u32);
+        let seq = self.first.wrapping_add(self.slots.len as u32);
         self.slots.push_back(Slot { key, fingerprint: fp, t });
         let (slots, first, hasher) = (&self.slots, self.first, &self.hasher);
         self.index.insert_unique(hash, seq, |&s| hasher.hash_one(&slot_at(slots, first, s).key));
@@ -109,7 +167,7 @@ impl Dedup {
 
     /// Forget an id whose delivery failed, so the sender's retry is not mistaken for a duplicate.
     pub fn forget(&mut self, id: &str) {
-        let key = Key::of(id);
+        let key = self.key(id);
         let (slots, first) = (&self.slots, self.first);
         if let Ok(entry) = self.index.find_entry(self.hasher.hash_one(&key), |&seq| slot_at(slots, first, seq).key == key) {
             entry.remove();
@@ -127,7 +185,7 @@ impl Dedup {
     fn evict(&mut self) {
         let horizon = self.newest_ms.saturating_sub(self.window_ms);
         while let Some(front) = self.slots.front() {
-            if self.slots.len() <= self.max_entries && front.t >= horizon {
+            if self.slots.len <= self.max_entries && front.t >= horizon {
                 break;
             }
             // The index entry goes only if it is this slot's (an id forgotten and seen again has a
@@ -139,11 +197,11 @@ impl Dedup {
             self.slots.pop_front();
             self.first = self.first.wrapping_add(1);
         }
-        // A burst that was evicted leaves capacity behind: give it back once it is mostly unused.
-        if self.slots.capacity() > 4096 && self.slots.len() < self.slots.capacity() / 4 {
-            self.slots.shrink_to(self.slots.len() * 2);
+        // A burst that was evicted leaves index capacity behind (the queue gives its chunks back as it
+        // drains): give it back once it is mostly unused.
+        if self.index.capacity() > CHUNK && self.index.len() < self.index.capacity() / 4 {
             let (slots, first, hasher) = (&self.slots, self.first, &self.hasher);
-            self.index.shrink_to(self.index.len(), |&s| hasher.hash_one(&slot_at(slots, first, s).key));
+            self.index.shrink_to(self.index.len(), |&s| hasher.hash_one(slot_at(slots, first, s).key));
         }
     }
 }
@@ -216,9 +274,9 @@ mod tests {
     #[test]
     fn uuid_ids_are_packed_without_merging_different_spellings() {
         let id = "0f8b6c1e-3d7a-4b2e-9c4f-1a2b3c4d5e6f";
-        assert!(matches!(Key::of(id), Key::Uuid(_)));
+        assert!(packed_uuid(id).is_some());
         for other in ["0F8B6C1E-3D7A-4B2E-9C4F-1A2B3C4D5E6F", "0f8b6c1e3d7a4b2e9c4f1a2b3c4d5e6f", "{0f8b6c1e-3d7a-4b2e-9c4f-1a2b3c4d5e6f}", "not-a-uuid-but-thirty-six-characters"] {
-            assert!(matches!(Key::of(other), Key::Text(_)), "{other}");
+            assert!(packed_uuid(other).is_none(), "{other}");
         }
         let mut d = Dedup::new(3600, 100);
         assert_eq!(d.check(&ev(id, 1_000, "x")), Verdict::New);
@@ -288,41 +346,58 @@ mod model {
         Forget(usize),
     }
 
-    fn ids() -> Vec<String> {
-        // Packed UUIDs, their other spellings (text keys) and plain text, mixed.
-        let mut v: Vec<String> = (0..6).map(|i| format!("0f8b6c1e-3d7a-4b2e-9c4f-1a2b3c4d5e{i:02x}")).collect();
-        v.extend((0..3).map(|i| format!("0F8B6C1E-3D7A-4B2E-9C4F-1A2B3C4D5E{i:02X}")));
-        v.extend(["a", "b", "c"].map(String::from));
-        v
+    fn ids(n: usize) -> Vec<String> {
+        // Packed UUIDs, their other spellings (hashed text keys) and plain text, mixed.
+        (0..n)
+            .map(|i| match i % 4 {
+                0 | 1 => format!("0f8b6c1e-3d7a-4b2e-9c4f-{i:012x}"),
+                2 => format!("0F8B6C1E-3D7A-4B2E-9C4F-{:012X}", i - 2),
+                _ => format!("id-{i}"),
+            })
+            .collect()
     }
 
-    fn op() -> impl Strategy<Value = Op> {
+    fn op(ids: usize) -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (0..12usize, 0..40i64, proptest::bool::weighted(0.2)).prop_map(|(id, t, forged)| Op::Check { id, t: t * 1000, forged }),
-            1 => (0..12usize).prop_map(Op::Forget),
+            6 => (0..ids, 0..40i64, proptest::bool::weighted(0.2)).prop_map(|(id, t, forged)| Op::Check { id, t: t * 1000, forged }),
+            1 => (0..ids).prop_map(Op::Forget),
         ]
+    }
+
+    fn run(ids: &[String], ops: Vec<Op>, window: u64, max: usize) -> Result<(), TestCaseError> {
+        let mut d = Dedup::new(window, max);
+        let mut m = Model { window_ms: window as i64 * 1000, max_entries: max, seen: HashMap::new(), order: VecDeque::new(), arrivals: 0, newest_ms: i64::MIN };
+        for op in ops {
+            match op {
+                Op::Check { id, t, forged } => {
+                    let client = if forged { "forged" } else { "x" };
+                    prop_assert_eq!(d.check(&ev(&ids[id], t, client)), m.check(&ids[id], t, client));
+                }
+                Op::Forget(id) => {
+                    d.forget(&ids[id]);
+                    m.seen.remove(&ids[id]);
+                }
+            }
+            prop_assert_eq!(d.len(), m.seen.len());
+        }
+        Ok(())
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
-        fn matches_the_plain_model(ops in proptest::collection::vec(op(), 1..300), window in 1..30u64, max in 1..10usize) {
-            let ids = ids();
-            let mut d = Dedup::new(window, max);
-            let mut m = Model { window_ms: window as i64 * 1000, max_entries: max, seen: HashMap::new(), order: VecDeque::new(), arrivals: 0, newest_ms: i64::MIN };
-            for op in ops {
-                match op {
-                    Op::Check { id, t, forged } => {
-                        let client = if forged { "forged" } else { "x" };
-                        prop_assert_eq!(d.check(&ev(&ids[id], t, client)), m.check(&ids[id], t, client));
-                    }
-                    Op::Forget(id) => {
-                        d.forget(&ids[id]);
-                        m.seen.remove(&ids[id]);
-                    }
-                }
-                prop_assert_eq!(d.len(), m.seen.len());
-            }
+        fn matches_the_plain_model(ops in proptest::collection::vec(op(12), 1..300), window in 1..30u64, max in 1..10usize) {
+            run(&ids(12), ops, window, max)?;
+        }
+    }
+
+    // Windows of thousands of ids, so the queue grows, drains (to empty, when event time jumps past
+    // the window) and regrows across its 4,096-slot chunks.
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(6))]
+        #[test]
+        fn matches_the_plain_model_across_chunks(ops in proptest::collection::vec(op(12_000), 20_000..40_000), window in 1..30u64, max in 3_000..10_000usize) {
+            run(&ids(12_000), ops, window, max)?;
         }
     }
 }

@@ -54,7 +54,7 @@ pub struct DedupOptions {
     /// consumer reset re-reads the whole topic: the default, 7 days, matches Kafka's default retention.
     /// Memory stays bounded by `max_entries` whatever the window.
     pub window_secs: u64,
-    /// Most ids remembered (memory bound: about 50 bytes each, so ~50 MiB at the default).
+    /// Most ids remembered (memory bound: about 43 bytes each, so ~43 MiB at the default).
     pub max_entries: usize,
 }
 

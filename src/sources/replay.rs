@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::dead_letter::DeadLetterStore;
 use crate::decode::recording::RecordedDelivery;
-use crate::decode::{decode_body, decode_record, is_single_json_document, strip_bom, to_text, Context, Decoded, DeliveryHandler, Format, Item};
+use crate::decode::{decode_body, decode_record, is_single_json_document, strip_bom, to_text, too_large, Context, Decoded, DeliveryHandler, Format, Item};
 use crate::event::{AuditEvent, Origin, Warning};
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchReport, Counts, ItemStatus, Pipeline, PipelineError, SinkSpec};
@@ -220,7 +220,8 @@ fn read_input(input: &str, format: Format, ctx: &Context<'_>, progress: bool, tx
 
     // Peek: a file that is one JSON document (array, or a pretty-printed object) is read whole.
     let mut first = Vec::new();
-    read_line(&mut *r, &mut first)?;
+    // Kept whole up to the document cap: a one-line JSON array is read whole below.
+    let first_len = read_line(&mut *r, &mut first, MAX_DOCUMENT_BYTES as usize)?;
     let head = strip_bom(&first);
     let head_trim = head.iter().position(|b| !b.is_ascii_whitespace()).map(|p| &head[p..]).unwrap_or(&[]);
     let whole = head_trim.first() == Some(&b'[')
@@ -240,13 +241,16 @@ fn read_input(input: &str, format: Format, ctx: &Context<'_>, progress: bool, tx
         let mut line_no = 0u64;
         let mut batch = Vec::with_capacity(BATCH_RECORDS);
         let mut buf = first;
+        let mut len = first_len;
         let mut read_bytes = 0u64;
+        // Enough for any line whose record is within the limit, with its "\r\n".
+        let keep = ctx.opts.max_record_bytes.saturating_add(2);
         loop {
-            if buf.is_empty() {
+            if len == 0 {
                 break;
             }
             line_no += 1;
-            read_bytes += buf.len() as u64;
+            read_bytes += len as u64;
             let mut line: &[u8] = &buf;
             line = line.strip_suffix(b"\n").unwrap_or(line);
             line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -254,10 +258,15 @@ fn read_input(input: &str, format: Format, ctx: &Context<'_>, progress: bool, tx
                 line = strip_bom(line);
             }
             let (text, w) = to_text(line);
-            let pre: Vec<Warning> = w.into_iter().collect();
             let mut origin = base.clone();
             origin.line = Some(line_no);
-            decode_record(&text, format, &origin, &pre, ctx, &mut batch);
+            if len > buf.len() {
+                // Its length as read, the line end included.
+                batch.push(too_large(&text, len, format, &origin, ctx.opts.max_record_bytes));
+            } else {
+                let pre: Vec<Warning> = w.into_iter().collect();
+                decode_record(&text, format, &origin, &pre, ctx, &mut batch);
+            }
             if batch.len() >= BATCH_RECORDS {
                 send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_RECORDS)))?;
                 if let Some(b) = &bar {
@@ -265,7 +274,7 @@ fn read_input(input: &str, format: Format, ctx: &Context<'_>, progress: bool, tx
                 }
             }
             buf.clear();
-            read_line(&mut *r, &mut buf)?;
+            len = read_line(&mut *r, &mut buf, keep)?;
         }
         if !batch.is_empty() {
             send(batch)?;
@@ -278,8 +287,12 @@ fn read_input(input: &str, format: Format, ctx: &Context<'_>, progress: bool, tx
 }
 
 /// `read_until(b'\n')` with the memchr crate's SIMD search (std's was 2.5 % of replay's
-/// instructions, issue #9): appends one line, its newline included, to `buf`; nothing at the end.
-fn read_line(r: &mut dyn BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+/// instructions, issue #9): appends one line, its newline included, to `buf`, but keeps at most
+/// `keep` bytes of it; returns the bytes read (the whole line's length: more than `buf` holds when the
+/// line was longer). The rest of a long line is read and dropped, so a file without newlines cannot
+/// fill memory. 0 at the end.
+fn read_line(r: &mut dyn BufRead, buf: &mut Vec<u8>, keep: usize) -> std::io::Result<usize> {
+    let start = buf.len();
     let mut total = 0;
     loop {
         let (found, used) = {
@@ -291,16 +304,13 @@ fn read_line(r: &mut dyn BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
             if available.is_empty() {
                 return Ok(total);
             }
-            match memchr::memchr(b'\n', available) {
-                Some(i) => {
-                    buf.extend_from_slice(&available[..=i]);
-                    (true, i + 1)
-                }
-                None => {
-                    buf.extend_from_slice(available);
-                    (false, available.len())
-                }
-            }
+            let (found, used) = match memchr::memchr(b'\n', available) {
+                Some(i) => (true, i + 1),
+                None => (false, available.len()),
+            };
+            let room = keep.saturating_sub(buf.len() - start);
+            buf.extend_from_slice(&available[..used.min(room)]);
+            (found, used)
         };
         r.consume(used);
         total += used;
@@ -339,16 +349,17 @@ mod tests {
 
     proptest! {
         /// `read_line` gives what `read_until(b'\n')` gives, line by line, whatever the buffer size
-        /// (lines longer than the buffer, a last line without a newline, empty input).
+        /// (lines longer than the buffer, a last line without a newline, empty input): the same
+        /// length read, and the line's first `keep` bytes.
         #[test]
-        fn read_line_is_read_until_newline(bytes in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'x'), Just(b'\r'), any::<u8>()], 0..200), cap in 1usize..16) {
+        fn read_line_is_read_until_newline(bytes in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'x'), Just(b'\r'), any::<u8>()], 0..200), cap in 1usize..16, keep in prop_oneof![1usize..20, Just(usize::MAX)]) {
             let mut ours = std::io::BufReader::with_capacity(cap, &bytes[..]);
             let mut std = std::io::BufReader::with_capacity(cap, &bytes[..]);
             loop {
                 let (mut a, mut b) = (Vec::new(), Vec::new());
-                let n = super::read_line(&mut ours, &mut a).unwrap();
+                let n = super::read_line(&mut ours, &mut a, keep).unwrap();
                 let m = std.read_until(b'\n', &mut b).unwrap();
-                prop_assert_eq!((n, &a), (m, &b));
+                prop_assert_eq!((n, &a[..]), (m, &b[..b.len().min(keep)]));
                 if n == 0 {
                     break;
                 }
