@@ -117,41 +117,48 @@ fn the_heap_stays_out_of_transparent_huge_pages_unless_the_operator_asks() {
 #[test]
 fn an_endless_line_is_rejected_without_being_held_in_memory() {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(fixture("keycloak/keycloak-native-events.jsonl")).unwrap().lines().take(2).map(str::to_owned).collect::<Vec<_>>();
     let long = 64 * 1024 * 1024;
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path().join("in.jsonl")).unwrap());
-        writeln!(f, "{}", good[0]).unwrap();
-        let block = vec![b'x'; 1024 * 1024];
-        for _ in 0..long / block.len() {
-            f.write_all(&block).unwrap();
+    // The long line second, and first (where a file that opens a document is told from lines).
+    for (at, before) in [(2u64, 1usize), (1, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path().join("in.jsonl")).unwrap());
+            for g in &good[..before] {
+                writeln!(f, "{g}").unwrap();
+            }
+            let block = vec![b'x'; 1024 * 1024];
+            for _ in 0..long / block.len() {
+                f.write_all(&block).unwrap();
+            }
+            writeln!(f).unwrap();
+            for g in &good[before..] {
+                writeln!(f, "{g}").unwrap();
+            }
         }
-        writeln!(f).unwrap();
-        writeln!(f, "{}", good[1]).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kcaudit"))
+            .current_dir(dir.path())
+            .args(["replay", "--format", "keycloak", "--set", "decode.max_record_bytes=100000", "in.jsonl"])
+            .stdout(std::fs::File::create(dir.path().join("out.jsonl")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("err.txt")).unwrap())
+            .spawn()
+            .unwrap();
+        // Reaped with wait4 for the child's own peak RSS (the children's usage of this test binary is
+        // a maximum over every test's children).
+        let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+        // SAFETY: wait4 on our own child's pid, with valid pointers to locals.
+        assert_eq!(unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) }, child.id() as libc::pid_t);
+        let err = std::fs::read_to_string(dir.path().join("err.txt")).unwrap();
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{err}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap().lines().count(), 2, "line {at}: the lines around the long one are replayed");
+        let peak_mib = usage.ru_maxrss / 1024;
+        assert!(peak_mib < 80, "line {at}: peak RSS {peak_mib} MiB: the 64 MiB line was held whole (a debug build idles at ~45)");
+        let dlq = kcaudit::dead_letter::DeadLetterStore::read_all(&dir.path().join("kcaudit-data/dead-letter.jsonl")).unwrap();
+        assert_eq!(dlq.len(), 1);
+        assert_eq!(dlq[0].origin.line, Some(at));
+        assert!(dlq[0].reason.contains(&format!("record is {} bytes", long + 1)) && dlq[0].reason.contains("decode.max_record_bytes (100000)"), "{}", dlq[0].reason);
+        assert!(dlq[0].raw.as_ref().is_some_and(|r| r.len() <= 100_002), "only the kept part is stored");
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_kcaudit"))
-        .current_dir(dir.path())
-        .args(["replay", "--format", "keycloak", "--set", "decode.max_record_bytes=100000", "in.jsonl"])
-        .stdout(std::fs::File::create(dir.path().join("out.jsonl")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("err.txt")).unwrap())
-        .spawn()
-        .unwrap();
-    // Reaped with wait4 for the child's own peak RSS (the children's usage of this test binary is a
-    // maximum over every test's children).
-    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
-    // SAFETY: wait4 on our own child's pid, with valid pointers to locals.
-    assert_eq!(unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) }, child.id() as libc::pid_t);
-    let err = std::fs::read_to_string(dir.path().join("err.txt")).unwrap();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{err}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap().lines().count(), 2, "the lines around the long one are replayed");
-    let peak_mib = usage.ru_maxrss / 1024;
-    assert!(peak_mib < 80, "peak RSS {peak_mib} MiB: the 64 MiB line was held whole (a debug build idles at ~45)");
-    let dlq = kcaudit::dead_letter::DeadLetterStore::read_all(&dir.path().join("kcaudit-data/dead-letter.jsonl")).unwrap();
-    assert_eq!(dlq.len(), 1);
-    assert_eq!(dlq[0].origin.line, Some(2));
-    assert!(dlq[0].reason.contains(&format!("record is {} bytes", long + 1)) && dlq[0].reason.contains("decode.max_record_bytes (100000)"), "{}", dlq[0].reason);
-    assert!(dlq[0].raw.as_ref().is_some_and(|r| r.len() <= 100_002), "only the kept part is stored");
 }
 
 #[test]

@@ -372,14 +372,14 @@ fn decode_object(text: &str, trimmed: &str, format: Format, origin: &Origin, pre
     }
 }
 
-/// The rejected record standing for everything past `decode.max_records_per_body` (its first 64 KiB
-/// kept as evidence).
 /// A record over `decode.max_record_bytes`: rejected with its length; `text` is the record, or as much
 /// of it as the reader kept (a file reader stops keeping a line's bytes past the limit).
 pub fn too_large(text: &str, len: usize, format: Format, origin: &Origin, max: usize) -> Item {
     rejected(text, origin, format, format!("record is {len} bytes, over decode.max_record_bytes ({max})"))
 }
 
+/// The rejected record standing for everything past `decode.max_records_per_body` (its first 64 KiB
+/// kept as evidence).
 fn too_many_records(rest: &str, format: Format, origin: &Origin, max: usize) -> Item {
     let mut cut = rest.len().min(64 * 1024);
     while !rest.is_char_boundary(cut) {

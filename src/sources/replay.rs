@@ -219,13 +219,19 @@ fn read_input(input: &str, format: Format, ctx: &Context<'_>, progress: bool, tx
     let send = |batch: Vec<Item>| tx.blocking_send(Ok(batch)).map_err(|_| anyhow::anyhow!("pipeline stopped"));
 
     // Peek: a file that is one JSON document (array, or a pretty-printed object) is read whole.
+    // Enough of a line for any record within the limit, with its "\r\n"; the rest is dropped.
+    let keep = ctx.opts.max_record_bytes.saturating_add(2);
+    // A one-line JSON array is read whole below, so a first line that opens one is kept up to the
+    // document cap; any other first line is a line like the rest.
+    let opens_array = r.fill_buf().map(|b| strip_bom(b).iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'[')).unwrap_or(false);
     let mut first = Vec::new();
-    // Kept whole up to the document cap: a one-line JSON array is read whole below.
-    let first_len = read_line(&mut *r, &mut first, MAX_DOCUMENT_BYTES as usize)?;
+    let first_len = read_line(&mut *r, &mut first, if opens_array { MAX_DOCUMENT_BYTES as usize } else { keep })?;
     let head = strip_bom(&first);
     let head_trim = head.iter().position(|b| !b.is_ascii_whitespace()).map(|p| &head[p..]).unwrap_or(&[]);
-    let whole = head_trim.first() == Some(&b'[')
-        || (head_trim.first() == Some(&b'{') && !std::str::from_utf8(head_trim).is_ok_and(|t| is_single_json_document(t.trim_end())));
+    // (A first line cut at `keep` is a line too long, never the start of a document.)
+    let whole = first_len == first.len()
+        && (head_trim.first() == Some(&b'[')
+            || (head_trim.first() == Some(&b'{') && !std::str::from_utf8(head_trim).is_ok_and(|t| is_single_json_document(t.trim_end()))));
     if whole {
         let mut all = first;
         (&mut r).take(MAX_DOCUMENT_BYTES).read_to_end(&mut all)?;
@@ -243,8 +249,6 @@ fn read_input(input: &str, format: Format, ctx: &Context<'_>, progress: bool, tx
         let mut buf = first;
         let mut len = first_len;
         let mut read_bytes = 0u64;
-        // Enough for any line whose record is within the limit, with its "\r\n".
-        let keep = ctx.opts.max_record_bytes.saturating_add(2);
         loop {
             if len == 0 {
                 break;
