@@ -69,9 +69,7 @@ fn state_size() {
 }
 
 fn bench(c: &mut Criterion) {
-    // Only when benchmarking (`cargo bench`), not when `cargo test --all-targets` smoke-runs benches.
-    if std::env::args().any(|a| a == "--bench") {
-        kcaudit::process_memory::tune();
+    if common::measuring_memory() {
         // Each measurement is resident growth, so the first one's state stays alive through the
         // second (memory it freed would be reused and read as zero).
         let kept = baseline_size();

@@ -159,9 +159,7 @@ fn dedup_size() {
 }
 
 fn dedup(c: &mut Criterion) {
-    // Only when benchmarking (`cargo bench`), not when `cargo test --all-targets` smoke-runs benches.
-    if std::env::args().any(|a| a == "--bench") {
-        kcaudit::process_memory::tune();
+    if common::measuring_memory() {
         dedup_size();
     }
     let evs = loadgen_events(N);

@@ -51,3 +51,15 @@ pub fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
 }
+
+/// True under `cargo bench`, not when `cargo test --all-targets` smoke-runs the benches; then the
+/// process gets the binary's memory settings (`kcaudit::process_memory::tune`), so the resident sizes
+/// measured next are what kcaudit runs with.
+#[allow(dead_code)] // not every bench measures memory
+pub fn measuring_memory() -> bool {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    if benchmarking {
+        kcaudit::process_memory::tune();
+    }
+    benchmarking
+}

@@ -31,10 +31,10 @@ pub enum Verdict {
 /// larger variant.)
 type Key = [u64; 2];
 
-/// The 16 bytes of `id` when it is a UUID in Keycloak's canonical spelling.
-fn packed_uuid(id: &str) -> Option<[u8; 16]> {
+/// `id` as a UUID when it is one in Keycloak's canonical spelling.
+fn packed_uuid(id: &str) -> Option<uuid::Uuid> {
     if id.len() == 36 && !id.bytes().any(|b| b.is_ascii_uppercase()) {
-        return uuid::Uuid::try_parse(id).ok().map(|u| *u.as_bytes());
+        return uuid::Uuid::try_parse(id).ok();
     }
     None
 }
@@ -106,9 +106,9 @@ fn slot_at(slots: &Slots, first: u32, seq: u32) -> &Slot {
 
 /// The window is one queue of slots in arrival order (eviction pops its front) and a hash index of
 /// the queue positions of the ids remembered. Each id is stored once, in its slot; the index holds a
-/// 4-byte position. That is ~37-42 bytes per remembered id (issue #9: a map of id → data beside a
+/// 4-byte position. That is ~41-45 bytes per remembered id (issue #9: a map of id → data beside a
 /// queue of ids took ~120, so the default million ids were ~120 MiB; 40-byte slots in a `VecDeque`
-/// ~50; now ~41 MiB for a million).
+/// ~48-50; now ~43 MiB for a million, `cargo bench --bench steps -- dedup`).
 pub struct Dedup {
     window_ms: i64,
     max_entries: usize,
@@ -142,7 +142,7 @@ impl Dedup {
 
     fn key(&self, id: &str) -> Key {
         match packed_uuid(id) {
-            Some(b) => [u64::from_le_bytes(b[..8].try_into().unwrap()), u64::from_le_bytes(b[8..].try_into().unwrap())],
+            Some(u) => u.as_u64_pair().into(),
             None => [self.text_keys[0].hash_one(id), self.text_keys[1].hash_one(id)],
         }
     }
